@@ -5,3 +5,9 @@ passes over it and consolidates it into the fast-weight state of its SSM layers.
 """
 
 __version__ = "0.1.0"
+
+# Register the native model families (Ouro, Jet-Nemotron) with transformers' Auto classes, so
+# AutoModelForCausalLM.from_pretrained(dir) loads them without trust_remote_code.
+from .models.registry import register_auto_classes as _register_auto_classes
+
+_register_auto_classes()
