@@ -11,6 +11,8 @@ the bookkeeping that makes padded tokens invisible to a layer's state.
   every row's real tokens moved to its end (left padding, original order kept), so that a padded
   token can be made a no-op for the recurrent state (zero decay and write) and for the conv state
   (the conv sees the carried state directly before the first real token).
+* ``FastWeightMixer``  - the base of GatedDeltaNet, Mamba2 and JetBlock: the zero state, the checks
+  of a call's inputs, and the move into (and out of) the padded layout around the layer's math.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sleep_retrofit.kernels.conv import causal_conv1d, causal_conv1d_step
+from sleep_retrofit.kernels.validation import check_shape
 
-__all__ = ["Padding", "RMSNormGated", "ShortConvolution", "init_log_decay_params"]
+from .state import FastWeightState, check_state
+
+__all__ = ["FastWeightMixer", "Padding", "RMSNormGated", "ShortConvolution", "init_log_decay_params"]
 
 
 def init_log_decay_params(
@@ -110,12 +115,30 @@ class Padding:
         mask = self.mask[:, 0].view(-1, *([1] * (new.dim() - 1)))
         return torch.where(mask, new, old.to(new.dtype))
 
+    def prepend_state(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Place a conv state directly before each row's first real token.
+
+        x [B, T, D] in the left-padded layout, state [B, D, W-1] -> [B, W-1+T, D]: zeros for the
+        first num_pad slots, then the W-1 state columns, then the real tokens. A causal conv over it
+        from a zero state, its first W-1 outputs dropped, continues the state across the padding;
+        its last W-1 inputs are the new state."""
+        width = state.shape[-1]
+        seq_len = x.shape[1]
+        # extended[j]: the state's column j - p for p <= j < p + W-1, else x[j - (W-1)] (the real
+        # tokens already sit at the end of x); zero for j < p.
+        extended = torch.cat([state.transpose(1, 2).to(x.dtype), x], dim=1)  # [B, W-1+T, D]
+        j = torch.arange(width + seq_len, device=x.device).unsqueeze(0)  # [1, W-1+T]
+        p = self.num_pad.unsqueeze(1)  # [B, 1]
+        source = torch.where(j < p + width, j - p, j).clamp(min=0)
+        extended = torch.gather(extended, 1, source.unsqueeze(-1).expand_as(extended))
+        return torch.where((j >= p).unsqueeze(-1), extended, torch.zeros((), dtype=x.dtype, device=x.device))
+
 
 class ShortConvolution(nn.Conv1d):
     """Depthwise causal convolution with an explicit conv state, laid out as ``nn.Conv1d``
     (``weight [D, 1, W]``, ``bias [D]`` or absent) so fla / mamba_ssm checkpoints load.
 
-    forward(x [B, T, D], state [B, D, W-1] | None, num_pad [B] | None) -> (y [B, T, D], state)
+    forward(x [B, T, D], state [B, D, W-1] | None, padding: Padding | None) -> (y [B, T, D], state)
     step(x [B, D], state [B, D, W-1]) -> (y [B, D], state)
     """
 
@@ -165,46 +188,43 @@ class ShortConvolution(nn.Conv1d):
         self,
         x: torch.Tensor,
         state: torch.Tensor | None = None,
-        num_pad: torch.Tensor | None = None,
+        padding: Padding | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Convolve a sequence. With ``num_pad`` (left padding per row, see ``Padding``) the
-        padded inputs are dropped and the carried state is placed right before each row's first
-        real token, so padding changes neither the outputs at real tokens nor the final state."""
+        """Convolve a sequence. With ``padding`` (x in its left-padded layout) the padded inputs
+        are dropped and the carried state is placed right before each row's first real token, so
+        padding changes neither the outputs at real tokens nor the final state."""
         weight = self.weight.squeeze(1)  # [D, W]
-        if num_pad is None:
-            y, final_state = causal_conv1d(
+        if padding is None:
+            return causal_conv1d(
                 x, weight, self.bias, activation=self.activation, initial_state=state, output_final_state=True
             )
-            return y, final_state
-
-        batch_size, seq_len, _ = x.shape
-        width = self.state_size
         if state is None:
-            state = x.new_zeros(batch_size, self.hidden_size, width)
-        # extended[j] for j in [0, W-1+T): zeros for j < p, then the W-1 state columns, then the
-        # real tokens (which already sit at the end of x). Conv over it from a zero state and drop
-        # the first W-1 outputs.
-        extended = torch.cat([state.transpose(1, 2).to(x.dtype), x], dim=1)  # [B, W-1+T, D]
-        j = torch.arange(width + seq_len, device=x.device).unsqueeze(0)  # [1, W-1+T]
-        p = num_pad.unsqueeze(1)  # [B, 1]
-        source = torch.where(j < p + width, j - p, j).clamp(min=0)
-        extended = torch.gather(extended, 1, source.unsqueeze(-1).expand_as(extended))
-        extended = torch.where(
-            (j >= p).unsqueeze(-1), extended, torch.zeros((), dtype=x.dtype, device=x.device)
-        )
+            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
         y, final_state = causal_conv1d(
-            extended,
+            padding.prepend_state(x, state),
             weight,
             self.bias,
             activation=self.activation,
             initial_state=None,
             output_final_state=True,
         )
-        return y[:, width:], final_state
+        return y[:, self.state_size :], final_state
 
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One decoding step: x [B, D], state [B, D, W-1] -> (y [B, D], new state)."""
         return causal_conv1d_step(x, state, self.weight.squeeze(1), self.bias, activation=self.activation)
+
+    def convolve(
+        self, x: torch.Tensor, state: torch.Tensor | None, padding: Padding | None, decode: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a layer call needs: ``step`` for a one-token decode call (a padded step keeps the
+        state as it was), else ``forward``. x [B, T, D] -> (y [B, T, D], new state)."""
+        if not decode:
+            return self(x, state, padding)
+        y, new_state = self.step(x[:, 0], state)
+        if padding is not None:
+            new_state = padding.hold_state(new_state, state)
+        return y.unsqueeze(1), new_state
 
 
 class RMSNormGated(nn.Module):
@@ -251,3 +271,90 @@ class RMSNormGated(nn.Module):
             f"{self.hidden_size}, eps={self.eps}, group_size={self.group_size}, "
             f"norm_before_gate={self.norm_before_gate}"
         )
+
+
+class FastWeightMixer(nn.Module):
+    """Base of the fast-weight token mixers: ``forward(x, state, attention_mask) -> (y, new_state)``.
+
+    A subclass defines ``recurrent_shape`` and ``conv_shapes`` (without the batch dimension) and
+    ``state_reference_weight`` (whose device and dtype a new conv state takes), and wraps its math
+    in ``enter_call`` / ``leave_call``, which check the inputs and move padded batches into the
+    left-padded layout of :class:`Padding` and back.
+    """
+
+    layer_idx: int | None
+
+    @property
+    def recurrent_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def conv_shapes(self) -> tuple[tuple[int, ...], ...]:
+        raise NotImplementedError
+
+    @property
+    def state_reference_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def init_state(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> FastWeightState:
+        """A zero state (what a sequence starts from). The recurrent part is float32; the conv
+        states hold projected inputs, in `dtype` (default: the input projection's dtype)."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        device = self.state_reference_weight.device if device is None else device
+        dtype = self.state_reference_weight.dtype if dtype is None else dtype
+        recurrent = torch.zeros(batch_size, *self.recurrent_shape, device=device, dtype=torch.float32)
+        conv = tuple(
+            torch.zeros(batch_size, *shape, device=device, dtype=dtype) for shape in self.conv_shapes
+        )
+        return FastWeightState(recurrent, conv)
+
+    def enter_call(
+        self,
+        hidden_states: torch.Tensor,
+        state: FastWeightState | None,
+        attention_mask: torch.Tensor | None,
+        *,
+        width: int,
+        width_name: str,
+    ) -> tuple[torch.Tensor, Padding | None, bool]:
+        """Check a call's inputs and return ``(x, padding, decode)``.
+
+        x: hidden_states [B, T, width], in the left-padded layout (pads zeroed) when padded.
+        padding: None when there is no padding. decode: a one-token call continuing a state, which
+        runs the step kernels (and has nothing to reorder: its pad, if any, is only zeroed).
+        """
+        check_shape("hidden_states", hidden_states, ("B", "T", width), what=f"batch, time, {width_name}")
+        batch_size, seq_len, _ = hidden_states.shape
+        if seq_len < 1:
+            raise ValueError("hidden_states must hold at least one token (T >= 1)")
+        check_state(
+            state,
+            batch_size=batch_size,
+            recurrent_shape=self.recurrent_shape,
+            conv_shapes=self.conv_shapes,
+            layer=f"{type(self).__name__}(layer_idx={self.layer_idx})",
+        )
+        padding = Padding.from_mask(attention_mask, batch_size, seq_len)
+        decode = seq_len == 1 and state is not None
+        if padding is None:
+            return hidden_states, None, decode
+        x = padding.zero_padded(hidden_states) if decode else padding.to_left_padded(hidden_states)
+        return x, padding, decode
+
+    @staticmethod
+    def leave_call(y: torch.Tensor, padding: Padding | None, decode: bool) -> torch.Tensor:
+        """The output [B, T, ...] back in the caller's layout, zeros at padded positions."""
+        if padding is None:
+            return y
+        return padding.zero_padded(y) if decode else padding.from_left_padded(y)
+
+    @staticmethod
+    def hold_recurrent(
+        recurrent: torch.Tensor, initial_state: torch.Tensor, padding: Padding | None
+    ) -> torch.Tensor:
+        """After a decode step: the old recurrent state where the token was a pad (zero decay and
+        write already make the step a no-op; this says so explicitly)."""
+        return recurrent if padding is None else padding.hold_state(recurrent, initial_state)

@@ -26,15 +26,14 @@ from sleep_retrofit.kernels.gated_delta_rule import (
     gated_delta_rule_step,
     recurrent_gated_delta_rule,
 )
-from sleep_retrofit.kernels.validation import check_shape
 
-from .components import Padding, RMSNormGated, ShortConvolution, init_log_decay_params
-from .state import FastWeightState, check_state
+from .components import FastWeightMixer, Padding, RMSNormGated, ShortConvolution, init_log_decay_params
+from .state import FastWeightState
 
 __all__ = ["GatedDeltaNet"]
 
 
-class GatedDeltaNet(nn.Module):
+class GatedDeltaNet(FastWeightMixer):
     """Gated DeltaNet token mixer with fla's parameter names.
 
     Args mirror fla: hidden_size, expand_v (head_v_dim = head_dim * expand_v), head_dim,
@@ -132,18 +131,9 @@ class GatedDeltaNet(nn.Module):
         width = self.conv_size - 1
         return ((self.key_dim, width), (self.key_dim, width), (self.value_dim, width))
 
-    def init_state(
-        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> FastWeightState:
-        """A zero state (what a sequence starts from). The recurrent part is float32; the conv
-        states hold projected inputs, in `dtype` (default: the projection weights' dtype)."""
-        device = self.q_proj.weight.device if device is None else device
-        dtype = self.q_proj.weight.dtype if dtype is None else dtype
-        recurrent = torch.zeros(batch_size, *self.recurrent_shape, device=device, dtype=torch.float32)
-        conv = tuple(
-            torch.zeros(batch_size, *shape, device=device, dtype=dtype) for shape in self.conv_shapes
-        )
-        return FastWeightState(recurrent, conv)
+    @property
+    def state_reference_weight(self) -> torch.Tensor:
+        return self.q_proj.weight
 
     # -- forward ---------------------------------------------------------------------------
     def forward(
@@ -155,26 +145,9 @@ class GatedDeltaNet(nn.Module):
         """hidden_states [B, T, hidden_size]; state from a previous call (None: zeros);
         attention_mask [B, T] with 1 for tokens and 0 for padding (which leaves the state as it
         is). Returns y [B, T, hidden_size] (zeros at padded positions) and the new state."""
-        check_shape(
-            "hidden_states", hidden_states, ("B", "T", self.hidden_size), what="batch, time, hidden_size"
+        x, padding, decode = self.enter_call(
+            hidden_states, state, attention_mask, width=self.hidden_size, width_name="hidden_size"
         )
-        batch_size, seq_len, _ = hidden_states.shape
-        if seq_len < 1:
-            raise ValueError("hidden_states must hold at least one token (T >= 1)")
-        check_state(
-            state,
-            batch_size=batch_size,
-            recurrent_shape=self.recurrent_shape,
-            conv_shapes=self.conv_shapes,
-            layer=f"GatedDeltaNet(layer_idx={self.layer_idx})",
-        )
-        padding = Padding.from_mask(attention_mask, batch_size, seq_len)
-        decode = seq_len == 1 and state is not None
-        if padding is None:
-            x = hidden_states
-        else:  # a one-token decode call has nothing to reorder
-            x = padding.zero_padded(hidden_states) if decode else padding.to_left_padded(hidden_states)
-        keep = None if padding is None else padding.keep  # [B, T] in x's layout
 
         q, k, v, conv_state = self._mix_short_conv(x, state, padding, decode)
         q = q.unflatten(-1, (self.num_heads, self.head_k_dim))
@@ -189,9 +162,9 @@ class GatedDeltaNet(nn.Module):
         if self.allow_neg_eigval:
             beta = beta * 2.0
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
-        if keep is not None:  # a padded token neither decays nor writes the fast weights
-            beta = beta * keep.unsqueeze(-1)
-            g = g * keep.unsqueeze(-1)
+        if padding is not None:  # a padded token neither decays nor writes the fast weights
+            beta = beta * padding.keep.unsqueeze(-1)
+            g = g * padding.keep.unsqueeze(-1)
 
         initial_state = None if state is None else state.recurrent
         if decode:
@@ -199,8 +172,7 @@ class GatedDeltaNet(nn.Module):
                 q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], initial_state, use_qk_l2norm_in_kernel=True
             )
             o = o.unsqueeze(1)
-            if padding is not None:  # g = beta = 0 make the step a no-op; say so explicitly
-                recurrent = padding.hold_state(recurrent, initial_state)
+            recurrent = self.hold_recurrent(recurrent, initial_state, padding)
         else:
             kernel = chunk_gated_delta_rule if self.mode == "chunk" else recurrent_gated_delta_rule
             extra = {"chunk_size": self.chunk_size} if self.mode == "chunk" else {}
@@ -219,9 +191,7 @@ class GatedDeltaNet(nn.Module):
         gate = self.g_proj(x).unflatten(-1, (self.num_v_heads, self.head_v_dim)) if self.use_gate else None
         o = self.o_norm(o, gate)  # [B, T, HV, V]
         y = self.o_proj(o.flatten(-2).to(x.dtype))
-        if padding is not None:
-            y = padding.zero_padded(y) if decode else padding.from_left_padded(y)
-        return y, FastWeightState(recurrent, conv_state)
+        return self.leave_call(y, padding, decode), FastWeightState(recurrent, conv_state)
 
     def _mix_short_conv(
         self, x: torch.Tensor, state: FastWeightState | None, padding: Padding | None, decode: bool
@@ -234,13 +204,7 @@ class GatedDeltaNet(nn.Module):
         old_states = (None, None, None) if state is None else state.conv
         outputs, new_states = [], []
         for conv, inputs, old in zip(convs, (q, k, v), old_states, strict=True):
-            if decode:
-                y, new = conv.step(inputs[:, 0], old)
-                y = y.unsqueeze(1)
-                if padding is not None:  # a padded decode step leaves the conv state as it was
-                    new = padding.hold_state(new, old)
-            else:
-                y, new = conv(inputs, old, None if padding is None else padding.num_pad)
+            y, new = conv.convolve(inputs, old, padding, decode)
             outputs.append(y)
             new_states.append(new)
         return outputs[0], outputs[1], outputs[2], tuple(new_states)

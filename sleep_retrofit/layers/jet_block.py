@@ -34,15 +34,10 @@ from torch import nn
 
 from ..kernels.conv import dynamic_causal_conv1d, dynamic_causal_conv1d_step
 from ..kernels.gated_delta_rule import chunk_gated_delta_rule, gated_delta_rule_step
-from ..kernels.validation import check_shape
-from .state import FastWeightState, check_state
+from .components import FastWeightMixer, Padding, RMSNormGated, init_log_decay_params
+from .state import FastWeightState
 
-__all__ = ["DynamicShortConvolution", "GatedRMSNorm", "JetBlock"]
-
-# Upstream's dt initialisation range (Mamba2 style), hard coded there as well.
-_DT_MIN, _DT_MAX, _DT_INIT_FLOOR = 1e-3, 0.1, 1e-4
-# A_log = log(A) with A ~ U(0, 16).
-_A_INIT_MAX = 16.0
+__all__ = ["DynamicShortConvolution", "JetBlock"]
 
 
 def _already_loaded(param: torch.Tensor) -> bool:
@@ -80,6 +75,41 @@ class DynamicShortConvolution(nn.Module):
         flat = self.kernel_generator(generator_input)
         return flat.unflatten(-1, (self.channels, self.kernel_size))
 
+    def convolve(
+        self,
+        x: torch.Tensor,
+        kernels: torch.Tensor,
+        state: torch.Tensor | None,
+        padding: Padding | None,
+        decode: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SiLU(dynamic conv) of x [B, T, channels] with per-token ``kernels`` [B, T, channels, W],
+        continuing from ``state`` [B, channels, W-1] (None: zeros). Returns (y, new state).
+
+        A one-token decode call runs the step kernel (a padded step keeps the state). With
+        ``padding`` (x in its left-padded layout) the state is placed right before each row's first
+        real token, so the outputs at real tokens and the new state ignore the pads."""
+        if state is not None:
+            state = state.to(x.dtype)
+        if decode:
+            y, new_state = dynamic_causal_conv1d_step(x[:, 0], kernels[:, 0], state, activation="silu")
+            if padding is not None:
+                new_state = padding.hold_state(new_state, state)
+            return y.unsqueeze(1), new_state
+        if padding is None:
+            return dynamic_causal_conv1d(
+                x, kernels, activation="silu", initial_state=state, output_final_state=True
+            )
+        width = self.kernel_size - 1
+        if state is None:
+            state = x.new_zeros(x.shape[0], self.channels, width)
+        # The kernels of the W-1 prepended slots are never used: their outputs are dropped.
+        kernels = torch.cat([kernels.new_zeros(x.shape[0], width, *kernels.shape[2:]), kernels], dim=1)
+        y, new_state = dynamic_causal_conv1d(
+            padding.prepend_state(x, state), kernels, activation="silu", output_final_state=True
+        )
+        return y[:, width:], new_state
+
     def init_parameters(self, std: float) -> None:
         """Upstream init: generator weights zero, w2.bias ~ N(0, std) (the static kernel)."""
         with torch.no_grad():
@@ -90,30 +120,7 @@ class DynamicShortConvolution(nn.Module):
                 self.kernel_generator.w2.bias.normal_(mean=0.0, std=std)
 
 
-class GatedRMSNorm(nn.Module):
-    """``rms_norm(x) * weight * swish(gate)`` over the last dim, computed in float32.
-
-    The order (normalise, scale by weight, multiply by the gate's swish) is fla's
-    ``FusedRMSNormGated`` with ``activation='swish'``, which upstream uses as ``o_norm``.
-    """
-
-    def __init__(self, hidden_size: int, eps: float = 1e-5):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        gate = gate.float()
-        return (x * self.weight.float() * (gate * torch.sigmoid(gate))).to(dtype)
-
-    def extra_repr(self) -> str:
-        return f"{tuple(self.weight.shape)}, eps={self.eps}"
-
-
-class JetBlock(nn.Module):
+class JetBlock(FastWeightMixer):
     """Jet-Nemotron's fast-weight token mixer; ``forward(x, state, attention_mask) -> (y, new_state)``.
 
     Args:
@@ -203,14 +210,11 @@ class JetBlock(nn.Module):
         self.dt_bias._no_weight_decay = True
         self.dynamic_conv1d = DynamicShortConvolution(value_dim, conv_size, hidden_size, generator_hidden)
         self.g_proj = nn.Linear(hidden_size, value_dim, bias=False)
-        self.o_norm = GatedRMSNorm(head_v_dim, eps=self.norm_eps)
+        # fla's FusedRMSNormGated with a swish gate (upstream's o_norm): normalise, weight, gate.
+        self.o_norm = RMSNormGated(head_v_dim, eps=self.norm_eps, norm_before_gate=True)
         self.o_proj = nn.Linear(value_dim, hidden_size, bias=False)
 
         self.init_parameters()
-
-    @property
-    def _name(self) -> str:
-        return "JetBlock" if self.layer_idx is None else f"JetBlock (layer {self.layer_idx})"
 
     # ------------------------------------------------------------------------------------ init
 
@@ -223,15 +227,13 @@ class JetBlock(nn.Module):
         """
         std = self.initializer_range if std is None else std
         with torch.no_grad():
-            if not _already_loaded(self.A_log):
-                a = torch.empty(self.num_heads, dtype=torch.float32).uniform_(0, _A_INIT_MAX)
-                self.A_log.copy_(torch.log(a))
-            if not _already_loaded(self.dt_bias):
-                dt = torch.exp(
-                    torch.rand(self.num_heads) * (math.log(_DT_MAX) - math.log(_DT_MIN)) + math.log(_DT_MIN)
-                ).clamp(min=_DT_INIT_FLOOR)
-                # Inverse of softplus: softplus(dt + log(-expm1(-dt))) == dt.
-                self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            if not (_already_loaded(self.A_log) and _already_loaded(self.dt_bias)):
+                # Upstream's (Mamba2-style) ranges, hard coded there as well.
+                A_log, dt_bias = init_log_decay_params(self.num_heads, A_init_range=(0.0, 16.0))
+                if not _already_loaded(self.A_log):
+                    self.A_log.copy_(A_log)
+                if not _already_loaded(self.dt_bias):
+                    self.dt_bias.copy_(dt_bias)
             if not _already_loaded(self.o_norm.weight):
                 self.o_norm.weight.fill_(1.0)
             if self.zero_init_output and not _already_loaded(self.o_proj.weight):
@@ -240,24 +242,18 @@ class JetBlock(nn.Module):
 
     # ----------------------------------------------------------------------------------- state
 
-    def state_shapes(self) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
-        """(recurrent shape, conv shapes), both without the batch dimension."""
-        return (self.num_heads, self.head_k_dim, self.head_v_dim), ((self.value_dim, self.conv_size - 1),)
+    @property
+    def recurrent_shape(self) -> tuple[int, int, int]:
+        return (self.num_heads, self.head_k_dim, self.head_v_dim)
 
-    def init_state(
-        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> FastWeightState:
-        """The all-zero state of a sequence start: recurrent float32, conv in ``dtype`` (default: the
-        parameters' dtype)."""
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        device = self.v_proj.weight.device if device is None else device
-        dtype = self.v_proj.weight.dtype if dtype is None else dtype
-        recurrent_shape, (conv_shape,) = self.state_shapes()
-        return FastWeightState(
-            torch.zeros(batch_size, *recurrent_shape, dtype=torch.float32, device=device),
-            (torch.zeros(batch_size, *conv_shape, dtype=dtype, device=device),),
-        )
+    @property
+    def conv_shapes(self) -> tuple[tuple[int, int], ...]:
+        """The last conv_size - 1 raw v_proj outputs."""
+        return ((self.value_dim, self.conv_size - 1),)
+
+    @property
+    def state_reference_weight(self) -> torch.Tensor:
+        return self.v_proj.weight
 
     # --------------------------------------------------------------------------------- forward
 
@@ -279,119 +275,43 @@ class JetBlock(nn.Module):
         Returns:
             ``(y [B, T, hidden_size], new_state)``. With T == 1 and a state, the one-token step kernels run.
         """
-        check_shape("hidden_states", hidden_states, ("B", "T", self.hidden_size), what="[B, T, hidden_size]")
-        batch_size, seq_len, _ = hidden_states.shape
-        recurrent_shape, conv_shapes = self.state_shapes()
-        check_state(
-            state,
-            batch_size=batch_size,
-            recurrent_shape=recurrent_shape,
-            conv_shapes=conv_shapes,
-            layer=self._name,
+        x, padding, decode = self.enter_call(
+            hidden_states, state, attention_mask, width=self.hidden_size, width_name="hidden_size"
         )
-        mask = self._check_mask(attention_mask, batch_size, seq_len)
-
-        x = hidden_states
         q = F.silu(self.q_proj(x)).unflatten(-1, (self.num_heads, self.head_k_dim))
         k = F.silu(self.k_proj(x)).unflatten(-1, (self.num_heads, self.head_k_dim))
         v_raw = self.v_proj(x)  # [B, T, value_dim], what the conv state keeps
         kernels = self.dynamic_conv1d.kernels(x)  # [B, T, value_dim, W]
         beta = torch.sigmoid(self.b_proj(x))  # [B, T, H]
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
-        if mask is not None:
+        if padding is not None:
             # No decay (exp(0) = 1) and no write (beta = 0): the recurrent state passes padding unchanged.
-            beta = beta * mask[..., None].to(beta.dtype)
-            g = g * mask[..., None].to(g.dtype)
+            beta = beta * padding.keep[..., None].to(beta.dtype)
+            g = g * padding.keep[..., None].to(g.dtype)
 
-        if state is not None and seq_len == 1:
-            o, new_state = self._step(q, k, v_raw, kernels, g, beta, state, mask)
+        v, conv_state = self.dynamic_conv1d.convolve(
+            v_raw, kernels, None if state is None else state.conv[0], padding, decode
+        )
+        v = v.unflatten(-1, (self.num_heads, self.head_v_dim))
+        initial_state = None if state is None else state.recurrent
+        if decode:
+            o, recurrent = gated_delta_rule_step(
+                q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], initial_state, use_qk_l2norm_in_kernel=True
+            )
+            o = o[:, None]
+            recurrent = self.hold_recurrent(recurrent, initial_state, padding)
         else:
-            o, new_state = self._sequence(q, k, v_raw, kernels, g, beta, state, mask)
+            o, recurrent = chunk_gated_delta_rule(
+                q,
+                k,
+                v,
+                g,
+                beta,
+                initial_state=initial_state,
+                output_final_state=True,
+                use_qk_l2norm_in_kernel=True,
+            )
 
         gate = self.g_proj(x).unflatten(-1, (self.num_heads, self.head_v_dim))
         y = self.o_proj(self.o_norm(o, gate).flatten(-2))
-        if mask is not None:
-            y = y * mask[..., None].to(y.dtype)
-        return y, new_state
-
-    def _check_mask(
-        self, attention_mask: torch.Tensor | None, batch_size: int, seq_len: int
-    ) -> torch.Tensor | None:
-        """[B, T] 0/1 mask as bool, or None when absent or all ones (the fast path)."""
-        if attention_mask is None:
-            return None
-        if not isinstance(attention_mask, torch.Tensor):
-            raise ValueError(
-                f"attention_mask must be a torch.Tensor [B, T], got {type(attention_mask).__name__}"
-            )
-        if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch_size, seq_len):
-            raise ValueError(
-                f"attention_mask must have shape [B, T] = [{batch_size}, {seq_len}] "
-                f"(1 = token, 0 = padding), got {list(attention_mask.shape)}"
-            )
-        mask = attention_mask.to(device=self.q_proj.weight.device) != 0
-        return None if bool(mask.all()) else mask
-
-    def _step(self, q, k, v_raw, kernels, g, beta, state: FastWeightState, mask):
-        """One token per sequence: the step kernels advance the carried state."""
-        (conv_state,) = state.conv
-        v, new_conv = dynamic_causal_conv1d_step(
-            v_raw[:, 0], kernels[:, 0], conv_state.to(v_raw.dtype), activation="silu"
-        )
-        if mask is not None:  # a padded step leaves the conv state as it was
-            new_conv = torch.where(mask[:, :1, None], new_conv, conv_state.to(new_conv.dtype))
-        v = v.unflatten(-1, (self.num_heads, self.head_v_dim))
-        o, recurrent = gated_delta_rule_step(
-            q[:, 0], k[:, 0], v, g[:, 0], beta[:, 0], state.recurrent, use_qk_l2norm_in_kernel=True
-        )
-        return o[:, None], FastWeightState(recurrent, (new_conv,))
-
-    def _sequence(self, q, k, v_raw, kernels, g, beta, state: FastWeightState | None, mask):
-        """A whole chunk of tokens: the dynamic conv, then the chunked gated delta rule."""
-        conv_state = None if state is None else state.conv[0].to(v_raw.dtype)
-        if mask is None:
-            v, new_conv = dynamic_causal_conv1d(
-                v_raw, kernels, activation="silu", initial_state=conv_state, output_final_state=True
-            )
-        else:
-            v, new_conv = self._masked_conv(v_raw, kernels, conv_state, mask)
-        v = v.unflatten(-1, (self.num_heads, self.head_v_dim))
-        o, recurrent = chunk_gated_delta_rule(
-            q,
-            k,
-            v,
-            g,
-            beta,
-            initial_state=None if state is None else state.recurrent,
-            output_final_state=True,
-            use_qk_l2norm_in_kernel=True,
-        )
-        return o, FastWeightState(recurrent, (new_conv,))
-
-    def _masked_conv(
-        self, v_raw: torch.Tensor, kernels: torch.Tensor, conv_state: torch.Tensor | None, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The dynamic conv over the real tokens only, wherever the padding sits.
-
-        Each row's real tokens are moved to the front (stable order), convolved from the carried state,
-        and moved back; the new state is the last W-1 entries of [state, real tokens]. Zeroing the pads
-        instead (upstream) is only right for left padding from a zero state.
-        """
-        batch_size, seq_len, channels = v_raw.shape
-        width_minus_one = self.conv_size - 1
-        # Stable sort on "is padding" puts the real tokens first, in their order.
-        order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices  # [B, T]
-        compact_v = v_raw.gather(1, order[..., None].expand(-1, -1, channels))
-        compact_kernels = kernels.gather(1, order[..., None, None].expand(-1, -1, channels, self.conv_size))
-        compact_y, _ = dynamic_causal_conv1d(
-            compact_v, compact_kernels, activation="silu", initial_state=conv_state, output_final_state=False
-        )
-        y = torch.empty_like(compact_y).scatter_(1, order[..., None].expand(-1, -1, channels), compact_y)
-
-        if conv_state is None:
-            conv_state = v_raw.new_zeros(batch_size, channels, width_minus_one)
-        history = torch.cat([conv_state, compact_v.transpose(1, 2)], dim=2)  # [B, D, W-1+T]
-        num_real = mask.sum(dim=1)  # [B]
-        last = num_real[:, None] + torch.arange(width_minus_one, device=v_raw.device)  # [B, W-1]
-        new_conv = history.gather(2, last[:, None, :].expand(-1, channels, -1))
-        return y, new_conv
+        return self.leave_call(y, padding, decode), FastWeightState(recurrent, (conv_state,))

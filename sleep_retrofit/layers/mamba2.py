@@ -19,15 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from sleep_retrofit.kernels.ssd import ssd_chunk_scan, ssd_step
-from sleep_retrofit.kernels.validation import check_shape
 
-from .components import Padding, RMSNormGated, ShortConvolution, init_log_decay_params
-from .state import FastWeightState, check_state
+from .components import FastWeightMixer, RMSNormGated, ShortConvolution, init_log_decay_params
+from .state import FastWeightState
 
 __all__ = ["Mamba2"]
 
 
-class Mamba2(nn.Module):
+class Mamba2(FastWeightMixer):
     """Mamba2 mixer with mamba_ssm's parameter names (in_proj, conv1d, dt_bias, A_log, D,
     norm.weight, out_proj).
 
@@ -136,18 +135,9 @@ class Mamba2(nn.Module):
     def conv_shapes(self) -> tuple[tuple[int, int], ...]:
         return ((self.conv_dim, self.d_conv - 1),)
 
-    def init_state(
-        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> FastWeightState:
-        """A zero state. The SSM state is float32; the conv state holds projected inputs, in
-        `dtype` (default: in_proj's dtype)."""
-        device = self.in_proj.weight.device if device is None else device
-        dtype = self.in_proj.weight.dtype if dtype is None else dtype
-        recurrent = torch.zeros(batch_size, *self.recurrent_shape, device=device, dtype=torch.float32)
-        conv = tuple(
-            torch.zeros(batch_size, *shape, device=device, dtype=dtype) for shape in self.conv_shapes
-        )
-        return FastWeightState(recurrent, conv)
+    @property
+    def state_reference_weight(self) -> torch.Tensor:
+        return self.in_proj.weight
 
     # -- forward ---------------------------------------------------------------------------
     def forward(
@@ -159,36 +149,15 @@ class Mamba2(nn.Module):
         """hidden_states [B, T, d_model]; state from a previous call (None: zeros);
         attention_mask [B, T] with 1 for tokens and 0 for padding (which leaves the state as it
         is). Returns out [B, T, d_model] (zeros at padded positions) and the new state."""
-        check_shape("hidden_states", hidden_states, ("B", "T", self.d_model), what="batch, time, d_model")
-        batch_size, seq_len, _ = hidden_states.shape
-        if seq_len < 1:
-            raise ValueError("hidden_states must hold at least one token (T >= 1)")
-        check_state(
-            state,
-            batch_size=batch_size,
-            recurrent_shape=self.recurrent_shape,
-            conv_shapes=self.conv_shapes,
-            layer=f"Mamba2(layer_idx={self.layer_idx})",
+        u, padding, decode = self.enter_call(
+            hidden_states, state, attention_mask, width=self.d_model, width_name="d_model"
         )
-        padding = Padding.from_mask(attention_mask, batch_size, seq_len)
-        decode = seq_len == 1 and state is not None
-        if padding is None:
-            u = hidden_states
-        else:  # a one-token decode call has nothing to reorder
-            u = padding.zero_padded(hidden_states) if decode else padding.to_left_padded(hidden_states)
 
         zxbcdt = self.in_proj(u)
         z0, x0, z, xBC, dt = torch.split(
             zxbcdt, [self.d_mlp, self.d_mlp, self.d_ssm, self.conv_dim, self.nheads], dim=-1
         )
-        old_conv = None if state is None else state.conv[0]
-        if decode:
-            xBC_step, conv_state = self.conv1d.step(xBC[:, 0], old_conv)
-            xBC = xBC_step.unsqueeze(1)
-            if padding is not None:  # a padded decode step leaves the conv state as it was
-                conv_state = padding.hold_state(conv_state, old_conv)
-        else:
-            xBC, conv_state = self.conv1d(xBC, old_conv, None if padding is None else padding.num_pad)
+        xBC, conv_state = self.conv1d.convolve(xBC, None if state is None else state.conv[0], padding, decode)
         x, B, C = torch.split(
             xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1
         )
@@ -211,8 +180,7 @@ class Mamba2(nn.Module):
         if decode:
             y, recurrent = ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], initial_state, D=D_kernel)
             y = y.unsqueeze(1)
-            if padding is not None:  # dt = 0 makes the step a no-op; say so explicitly
-                recurrent = padding.hold_state(recurrent, initial_state)
+            recurrent = self.hold_recurrent(recurrent, initial_state, padding)
         else:
             y, recurrent = ssd_chunk_scan(
                 x,
@@ -235,9 +203,7 @@ class Mamba2(nn.Module):
         if self.d_mlp > 0:
             y = torch.cat([F.silu(z0) * x0, y], dim=-1)
         out = self.out_proj(y)
-        if padding is not None:
-            out = padding.zero_padded(out) if decode else padding.from_left_padded(out)
-        return out, FastWeightState(recurrent, (conv_state,))
+        return self.leave_call(out, padding, decode), FastWeightState(recurrent, (conv_state,))
 
     def extra_repr(self) -> str:
         return (

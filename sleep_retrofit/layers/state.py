@@ -34,12 +34,15 @@ class FastWeightState:
         return FastWeightState(self.recurrent.detach(), tuple(c.detach() for c in self.conv))
 
     def to(self, *args, **kwargs) -> FastWeightState:
-        return FastWeightState(self.recurrent.to(*args, **kwargs), tuple(c.to(*args, **kwargs) for c in self.conv))
+        return FastWeightState(
+            self.recurrent.to(*args, **kwargs), tuple(c.to(*args, **kwargs) for c in self.conv)
+        )
 
     def index_select(self, batch_index: torch.Tensor) -> FastWeightState:
         """Reorder or select batch rows (beam search, dropping finished sequences)."""
         return FastWeightState(
-            self.recurrent.index_select(0, batch_index), tuple(c.index_select(0, batch_index) for c in self.conv)
+            self.recurrent.index_select(0, batch_index),
+            tuple(c.index_select(0, batch_index) for c in self.conv),
         )
 
     def shapes(self) -> tuple[tuple[int, ...], ...]:

@@ -15,6 +15,12 @@ they fit and are only wrapped here to give them one documented home:
 * ``build_attention_masks`` - the causal (and optional sliding-window) masks for one forward, built with
                            transformers' ``create_causal_mask`` so padding, cache offsets and the attention
                            implementation are handled the way transformers handles them.
+* ``NativePreTrainedModel`` - the ``PreTrainedModel`` base both families share (strict checkpoint loading,
+                           ``model.`` prefix, gradient checkpointing, sdpa).
+* ``CausalLMHeadMixin``  - the ``...ForCausalLM`` plumbing: tied ``lm_head``, decoder accessors, tensor /
+                           pipeline-parallel plans and ``logits_to_keep``.
+* ``prepare_decoder_inputs`` / ``default_position_ids`` - the argument checks and defaults every decoder
+                           forward starts with.
 
 Shapes: hidden states ``[B, T, hidden_size]``; per-head tensors ``[B, heads, T, head_dim]``.
 """
@@ -28,7 +34,7 @@ from torch import nn
 from transformers import PreTrainedConfig
 from transformers.cache_utils import Cache
 from transformers.masking_utils import create_causal_mask, sliding_window_overlay
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.qwen2.modeling_qwen2 import (
     Qwen2MLP,
     Qwen2RMSNorm,
@@ -38,14 +44,20 @@ from transformers.models.qwen2.modeling_qwen2 import (
     repeat_kv,
 )
 
+from .loading import StrictLoadingMixin
+
 __all__ = [
     "MLP",
+    "CausalLMHeadMixin",
+    "NativePreTrainedModel",
     "RMSNorm",
     "RotaryEmbedding",
     "SelfAttention",
     "apply_rotary_pos_emb",
     "build_attention_masks",
+    "default_position_ids",
     "eager_attention_forward",
+    "prepare_decoder_inputs",
     "repeat_kv",
 ]
 
@@ -232,3 +244,96 @@ def build_attention_masks(
             else full_cache_layer_idx,
         )
     return masks
+
+
+# --------------------------------------------------------------------------------------------- model plumbing
+
+
+class NativePreTrainedModel(StrictLoadingMixin, PreTrainedModel):
+    """What the native families' ``...PreTrainedModel`` classes share; each sets ``config_class``,
+    ``_no_split_modules`` and its attention / compile support flags."""
+
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["cache", "past_key_values"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+
+class CausalLMHeadMixin:
+    """The ``...ForCausalLM`` plumbing of the native families: ``self.model`` (the decoder) and
+    ``self.lm_head`` (tied to the embeddings when ``config.tie_word_embeddings``)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
+
+    def get_decoder(self) -> nn.Module:
+        return self.model
+
+    def set_decoder(self, decoder: nn.Module) -> None:
+        self.model = decoder
+
+    @staticmethod
+    def kept_positions(logits_to_keep: int | torch.Tensor, device: torch.device) -> slice | torch.Tensor:
+        """The sequence positions to compute logits for: the last ``logits_to_keep`` when an int > 0,
+        all for 0, or the given positions when a 1D tensor."""
+        if isinstance(logits_to_keep, int):
+            return slice(-logits_to_keep, None) if logits_to_keep > 0 else slice(None)
+        return logits_to_keep.to(device)
+
+
+def prepare_decoder_inputs(
+    model: PreTrainedModel,
+    input_ids: torch.LongTensor | None,
+    inputs_embeds: torch.Tensor | None,
+    use_cache: bool | None,
+    output_hidden_states: bool | None,
+    kwargs: dict,
+) -> tuple[torch.Tensor, bool, bool]:
+    """Check a decoder forward's inputs and fill in its defaults.
+
+    Embeds ``input_ids`` [B, T] with ``model.embed_tokens`` unless ``inputs_embeds`` [B, T, hidden] is
+    given (exactly one of them), rejects ``output_attentions`` and drops ``return_dict`` from
+    ``kwargs``, and resolves ``use_cache`` (off under gradient checkpointing in training) and
+    ``output_hidden_states`` from the config.
+
+    Returns:
+        ``(inputs_embeds, use_cache, output_hidden_states)``.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    if kwargs.pop("output_attentions", None):
+        raise ValueError(f"output_attentions is not supported by {type(model).__name__}")
+    kwargs.pop("return_dict", None)
+    if use_cache is None:
+        use_cache = model.config.use_cache
+    if model.gradient_checkpointing and model.training and torch.is_grad_enabled():
+        use_cache = False
+    if output_hidden_states is None:
+        output_hidden_states = model.config.output_hidden_states
+
+    if inputs_embeds is None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape [B, T], got {list(input_ids.shape)}")
+        inputs_embeds = model.embed_tokens(input_ids)
+    if inputs_embeds.dim() != 3:
+        raise ValueError(
+            f"inputs_embeds must have shape [B, T, hidden_size], got {list(inputs_embeds.shape)}"
+        )
+    return inputs_embeds, bool(use_cache), bool(output_hidden_states)
+
+
+def default_position_ids(
+    inputs_embeds: torch.Tensor, past_seen: int, attention_mask: torch.Tensor | None = None
+) -> torch.LongTensor:
+    """Position ids for the T current tokens.
+
+    Without a mask: ``past_seen + 0..T-1``, shape [1, T]. With a 2D padding mask [B, past + T]: the
+    number of real tokens before each token, shape [B, T], so a left-padded row gets the positions
+    of the unpadded sequence.
+    """
+    seq_len = inputs_embeds.shape[1]
+    if attention_mask is not None:
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
+    return torch.arange(seq_len, device=inputs_embeds.device).unsqueeze(0) + past_seen

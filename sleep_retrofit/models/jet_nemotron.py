@@ -38,15 +38,20 @@ from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLa
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import PreTrainedModel
-from transformers.utils import logging
 
 from ..layers.jet_block import JetBlock
 from ..layers.state import FastWeightState
-from .common import MLP, RMSNorm, RotaryEmbedding, SelfAttention, build_attention_masks
-from .loading import StrictLoadingMixin
-
-logger = logging.get_logger(__name__)
+from .common import (
+    MLP,
+    CausalLMHeadMixin,
+    NativePreTrainedModel,
+    RMSNorm,
+    RotaryEmbedding,
+    SelfAttention,
+    build_attention_masks,
+    default_position_ids,
+    prepare_decoder_inputs,
+)
 
 __all__ = [
     "JetNemotronCache",
@@ -450,18 +455,13 @@ class JetNemotronDecoderLayer(GradientCheckpointingLayer):
         return residual + hidden_states
 
 
-class JetNemotronPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
+class JetNemotronPreTrainedModel(NativePreTrainedModel):
     # Explicit: with `from __future__ import annotations` a `config: ...` annotation is a string.
     config_class = JetNemotronConfig
-    base_model_prefix = "model"
-    supports_gradient_checkpointing = True
     _no_split_modules = ["JetNemotronDecoderLayer"]
-    _skip_keys_device_placement = ["cache", "past_key_values"]
-    _supports_sdpa = True
     # Flash/flex attention are untested with the sliding-window cache and the padding handling here.
     _supports_flash_attn = False
     _supports_flex_attn = False
-    _supports_attention_backend = True
     _can_compile_fullgraph = False  # the fast-weight state is Python-side bookkeeping
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -526,26 +526,9 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
         """
         if cache is None:
             cache = past_key_values
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if kwargs.pop("output_attentions", None):
-            raise ValueError("output_attentions is not supported by JetNemotronModel")
-        kwargs.pop("return_dict", None)
-        if use_cache is None:
-            use_cache = self.config.use_cache
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            use_cache = False
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-
-        if inputs_embeds is None:
-            if input_ids.dim() != 2:
-                raise ValueError(f"input_ids must have shape [B, T], got {list(input_ids.shape)}")
-            inputs_embeds = self.embed_tokens(input_ids)
-        if inputs_embeds.dim() != 3:
-            raise ValueError(
-                f"inputs_embeds must have shape [B, T, hidden_size], got {list(inputs_embeds.shape)}"
-            )
+        inputs_embeds, use_cache, output_hidden_states = prepare_decoder_inputs(
+            self, input_ids, inputs_embeds, use_cache, output_hidden_states, kwargs
+        )
         batch_size, seq_len = inputs_embeds.shape[:2]
 
         if not use_cache:
@@ -583,10 +566,7 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
                 padding_mask = attention_mask[:, -seq_len:]
 
         if position_ids is None:
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
-            else:
-                position_ids = torch.arange(seq_len, device=inputs_embeds.device).unsqueeze(0) + past_seen
+            position_ids = default_position_ids(inputs_embeds, past_seen, attention_mask)
 
         attn_idx, swa_idx = self._first_layer("attn"), self._first_layer("swa")
         masks: dict[str, torch.Tensor | None] = {}
@@ -629,12 +609,8 @@ class JetNemotronModel(JetNemotronPreTrainedModel):
         )
 
 
-class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
+class JetNemotronForCausalLM(CausalLMHeadMixin, JetNemotronPreTrainedModel, GenerationMixin):
     """Jet-Nemotron with its (tied) language-model head; works with ``generate()``."""
-
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
-    _tp_plan = {"lm_head": "colwise_gather_output"}
-    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: JetNemotronConfig) -> None:
         super().__init__(config)
@@ -642,12 +618,6 @@ class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_decoder(self) -> JetNemotronModel:
-        return self.model
-
-    def set_decoder(self, decoder: JetNemotronModel) -> None:
-        self.model = decoder
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs) -> None:
         """generate() would build a DynamicCache from ``config.layer_types``, which cannot hold the jet
@@ -697,11 +667,7 @@ class JetNemotronForCausalLM(JetNemotronPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int):
-            keep = slice(-logits_to_keep, None) if logits_to_keep > 0 else slice(None)
-        else:
-            keep = logits_to_keep.to(hidden_states.device)
-        logits = self.lm_head(hidden_states[:, keep])
+        logits = self.lm_head(hidden_states[:, self.kept_positions(logits_to_keep, hidden_states.device)])
 
         loss = None
         if labels is not None:

@@ -35,13 +35,18 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicS
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import PreTrainedModel
-from transformers.utils import logging
 
-from .common import MLP, RMSNorm, RotaryEmbedding, SelfAttention, build_attention_masks
-from .loading import StrictLoadingMixin
-
-logger = logging.get_logger(__name__)
+from .common import (
+    MLP,
+    CausalLMHeadMixin,
+    NativePreTrainedModel,
+    RMSNorm,
+    RotaryEmbedding,
+    SelfAttention,
+    build_attention_masks,
+    default_position_ids,
+    prepare_decoder_inputs,
+)
 
 __all__ = [
     "OuroCache",
@@ -294,17 +299,12 @@ class OuroDecoderLayer(GradientCheckpointingLayer):
         return hidden_states + self.post_attention_layernorm_2(mlp_out)
 
 
-class OuroPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
+class OuroPreTrainedModel(NativePreTrainedModel):
     # Explicit: with `from __future__ import annotations` a `config: OuroConfig` annotation is a string.
     config_class = OuroConfig
-    base_model_prefix = "model"
-    supports_gradient_checkpointing = True
     _no_split_modules = ["OuroDecoderLayer"]
-    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
-    _supports_sdpa = True
     _supports_flex_attn = True
-    _supports_attention_backend = True
     _can_compile_fullgraph = False  # the step loop and per-step outputs are plain Python
 
 
@@ -355,23 +355,9 @@ class OuroModel(OuroPreTrainedModel):
         """
         if cache is None:
             cache = past_key_values
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if kwargs.get("output_attentions"):
-            raise ValueError("output_attentions is not supported by OuroModel")
-        kwargs.pop("output_attentions", None)
-        kwargs.pop("return_dict", None)
-        if use_cache is None:
-            use_cache = self.config.use_cache
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            use_cache = False
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-
-        if inputs_embeds is None:
-            if input_ids.dim() != 2:
-                raise ValueError(f"input_ids must have shape [B, T], got {list(input_ids.shape)}")
-            inputs_embeds = self.embed_tokens(input_ids)
+        inputs_embeds, use_cache, output_hidden_states = prepare_decoder_inputs(
+            self, input_ids, inputs_embeds, use_cache, output_hidden_states, kwargs
+        )
 
         if use_cache:
             if cache is None:
@@ -381,10 +367,10 @@ class OuroModel(OuroPreTrainedModel):
         else:
             cache = None
 
-        if position_ids is None:
-            past_seen = cache.get_seq_length() if cache is not None else 0
-            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen
-            position_ids = position_ids.unsqueeze(0)
+        if position_ids is None:  # counting padded positions too, as upstream does
+            position_ids = default_position_ids(
+                inputs_embeds, cache.get_seq_length() if cache is not None else 0
+            )
 
         masks = build_attention_masks(
             self.config,
@@ -430,7 +416,7 @@ class OuroModel(OuroPreTrainedModel):
         )
 
 
-class OuroForCausalLM(OuroPreTrainedModel, GenerationMixin):
+class OuroForCausalLM(CausalLMHeadMixin, OuroPreTrainedModel, GenerationMixin):
     """Ouro with its language-model head and exit selection.
 
     Which step's logits are returned, in priority order:
@@ -447,10 +433,6 @@ class OuroForCausalLM(OuroPreTrainedModel, GenerationMixin):
     All steps are always computed; the per-step results are on the output (OuroCausalLMOutput).
     """
 
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
-    _tp_plan = {"lm_head": "colwise_gather_output"}
-    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
-
     def __init__(self, config: OuroConfig) -> None:
         super().__init__(config)
         self.model = OuroModel(config)
@@ -459,12 +441,6 @@ class OuroForCausalLM(OuroPreTrainedModel, GenerationMixin):
         self.early_exit_step: int | None = getattr(config, "early_exit_step", None)
         self.early_exit_threshold: float | None = getattr(config, "early_exit_threshold", None)
         self.post_init()
-
-    def get_decoder(self) -> OuroModel:
-        return self.model
-
-    def set_decoder(self, decoder: OuroModel) -> None:
-        self.model = decoder
 
     def _check_step(self, name: str, step: int) -> int:
         steps = self.model.total_ut_steps
@@ -514,10 +490,7 @@ class OuroForCausalLM(OuroPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             **kwargs,
         )
-        if isinstance(logits_to_keep, int):
-            keep = slice(-logits_to_keep, None) if logits_to_keep > 0 else slice(None)
-        else:
-            keep = logits_to_keep.to(outputs.last_hidden_state.device)
+        keep = self.kept_positions(logits_to_keep, outputs.last_hidden_state.device)
         step_hidden = [h[:, keep] for h in outputs.ut_hidden_states]  # S x [B, T', H]
         exit_pdf = exit_distribution(outputs.ut_gate_logits)  # [B, T, S]
         kept_pdf = exit_pdf[:, keep]

@@ -82,25 +82,23 @@ class ModelFamily:
         return self._load(self.base_model_class_name)
 
 
+def _native_family(name: str, class_prefix: str) -> ModelFamily:
+    """A family implemented in ``sleep_retrofit.models.<name>`` with transformers' class naming:
+    ``<Prefix>Config``, ``<Prefix>Model``, ``<Prefix>ForCausalLM``; model_type ``name``."""
+    return ModelFamily(
+        name=name,
+        model_types=(name,),
+        native=True,
+        module=f"sleep_retrofit.models.{name}",
+        config_class_name=f"{class_prefix}Config",
+        base_model_class_name=f"{class_prefix}Model",
+        causal_lm_class_name=f"{class_prefix}ForCausalLM",
+    )
+
+
 FAMILIES: tuple[ModelFamily, ...] = (
-    ModelFamily(
-        name="ouro",
-        model_types=("ouro",),
-        native=True,
-        module="sleep_retrofit.models.ouro",
-        config_class_name="OuroConfig",
-        base_model_class_name="OuroModel",
-        causal_lm_class_name="OuroForCausalLM",
-    ),
-    ModelFamily(
-        name="jet_nemotron",
-        model_types=("jet_nemotron",),
-        native=True,
-        module="sleep_retrofit.models.jet_nemotron",
-        config_class_name="JetNemotronConfig",
-        base_model_class_name="JetNemotronModel",
-        causal_lm_class_name="JetNemotronForCausalLM",
-    ),
+    _native_family("ouro", "Ouro"),
+    _native_family("jet_nemotron", "JetNemotron"),
     ModelFamily(name="llama", model_types=("llama", "qwen2", "qwen3", "mistral"), native=False),
 )
 
