@@ -69,7 +69,7 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sleep-retrofit",
-        description="Retrofit pretrained language models with sleep (N consolidation passes per evicted chunk).",
+        description="Retrofit pretrained language models with sleep (N passes per evicted chunk).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -1,0 +1,175 @@
+"""SleepCache: what a sleeping model remembers between calls.
+
+- keys/values of every attention slot, for the tokens attention may still see: the current
+  chunk (hard eviction) or the last L-1 tokens (sliding); bounded by the window whatever the
+  context length;
+- the fast-weight state of every stateful block (the part that survives eviction);
+- the snapshot of those states taken when the current chunk started, and the chunk's input
+  embeddings, so the chunk can be consolidated from its starting state when it is evicted.
+
+It is a transformers ``Cache`` so ``generate()`` carries it between steps; the attention
+layers of every family call ``update(k, v, slot)`` on it as on any cache.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache
+
+from ..layers.state import FastWeightState
+
+
+class SleepCache(Cache):
+    """The cache of a model running under sleep (see module docstring)."""
+
+    is_compileable = False
+
+    def __init__(self) -> None:
+        super().__init__(layers=[])
+        self.keys: dict[int, torch.Tensor] = {}  # slot -> [B, heads, K, head_dim]
+        self.values: dict[int, torch.Tensor] = {}
+        self.key_positions: torch.Tensor | None = None  # [K] absolute positions of the kept keys
+        self.key_valid: torch.Tensor | None = None  # [B, K] False at padding
+        self.states: dict[str, FastWeightState] = {}
+        self.snapshot: dict[str, FastWeightState] = {}
+        self.chunk_embeds: torch.Tensor | None = None  # [B, fill, hidden] inputs of the current chunk
+        self.chunk_valid: torch.Tensor | None = None  # [B, fill]
+        self.chunk_woken = True  # every token of the current chunk has had a wake pass
+        self.seen_tokens = 0
+        self.stats = {"evictions": 0, "consolidations": 0, "consolidation_seconds": 0.0}
+
+    def __repr__(self) -> str:
+        return (
+            f"SleepCache(seen_tokens={self.seen_tokens}, chunk_fill={self.chunk_fill}, "
+            f"attention_tokens={self.attention_tokens}, states={len(self.states)})"
+        )
+
+    # ----------------------------------------------------------------------------- sizes
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Tokens consumed so far (padding included), evicted ones too."""
+        return self.seen_tokens
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return -1
+
+    @property
+    def chunk_fill(self) -> int:
+        return 0 if self.chunk_embeds is None else self.chunk_embeds.shape[1]
+
+    @property
+    def attention_tokens(self) -> int:
+        """How many tokens' keys/values are held (per attention slot)."""
+        return 0 if self.key_positions is None else int(self.key_positions.numel())
+
+    def memory_bytes(self) -> int:
+        """Bytes held: keys/values, states, snapshot and the chunk buffer."""
+        tensors = list(self.keys.values()) + list(self.values.values())
+        for states in (self.states, self.snapshot):
+            for state in states.values():
+                tensors += [state.recurrent, *state.conv]
+        if self.chunk_embeds is not None:
+            tensors.append(self.chunk_embeds)
+        seen, total = set(), 0
+        for t in tensors:
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+        return total
+
+    # ------------------------------------------------------------- what layers call
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Append this call's keys/values to slot `layer_idx`; return all the slot holds."""
+        if layer_idx in self.keys:
+            key_states = torch.cat([self.keys[layer_idx], key_states], dim=-2)
+            value_states = torch.cat([self.values[layer_idx], value_states], dim=-2)
+        self.keys[layer_idx], self.values[layer_idx] = key_states, value_states
+        return key_states, value_states
+
+    def get_state(self, key: str) -> FastWeightState | None:
+        return self.states.get(key)
+
+    def set_state(self, key: str, state: FastWeightState) -> None:
+        self.states[key] = state
+
+    def get_jet_state(self, layer_idx: int) -> FastWeightState | None:
+        return self.states.get(f"jet.{layer_idx}")
+
+    def update_jet_state(self, state: FastWeightState, layer_idx: int, num_tokens: int) -> None:
+        self.states[f"jet.{layer_idx}"] = state
+
+    # ------------------------------------------------------------- engine bookkeeping
+    def record_keys(self, positions: torch.Tensor, valid: torch.Tensor) -> None:
+        """After a wake pass: the kept keys now also cover these positions."""
+        if self.key_positions is None:
+            self.key_positions, self.key_valid = positions, valid
+        else:
+            self.key_positions = torch.cat([self.key_positions, positions])
+            self.key_valid = torch.cat([self.key_valid, valid], dim=1)
+
+    def keep_last_keys(self, count: int) -> None:
+        """Drop all but the last `count` tokens' keys/values (sliding eviction)."""
+        if self.attention_tokens <= count:
+            return
+        if count == 0:
+            self.clear_keys()
+            return
+        for slot in self.keys:
+            self.keys[slot] = self.keys[slot][..., -count:, :]
+            self.values[slot] = self.values[slot][..., -count:, :]
+        self.key_positions = self.key_positions[-count:]
+        self.key_valid = self.key_valid[:, -count:]
+
+    def clear_keys(self) -> None:
+        self.keys.clear()
+        self.values.clear()
+        self.key_positions = self.key_valid = None
+
+    def append_chunk(self, embeds: torch.Tensor, valid: torch.Tensor, woken: bool) -> None:
+        if self.chunk_embeds is None:
+            self.chunk_embeds, self.chunk_valid = embeds, valid
+        else:
+            self.chunk_embeds = torch.cat([self.chunk_embeds, embeds], dim=1)
+            self.chunk_valid = torch.cat([self.chunk_valid, valid], dim=1)
+        self.chunk_woken = self.chunk_woken and woken
+        self.seen_tokens += embeds.shape[1]
+
+    def start_next_chunk(self) -> None:
+        """The current chunk is consolidated: its end state is the next chunk's snapshot."""
+        self.snapshot = dict(self.states)
+        self.chunk_embeds = self.chunk_valid = None
+        self.chunk_woken = True
+
+    # ------------------------------------------------------------- generate() support
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t.index_select(0, torch.as_tensor(indices, device=t.device))
+
+        for slot in self.keys:
+            self.keys[slot], self.values[slot] = pick(self.keys[slot]), pick(self.values[slot])
+        if self.key_valid is not None:
+            self.key_valid = pick(self.key_valid)
+        for states in (self.states, self.snapshot):
+            for key, state in states.items():
+                states[key] = state.index_select(torch.as_tensor(indices, device=state.recurrent.device))
+        if self.chunk_embeds is not None:
+            self.chunk_embeds, self.chunk_valid = pick(self.chunk_embeds), pick(self.chunk_valid)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        batch = next(iter(self.keys.values())).shape[0] if self.keys else None
+        if batch is None and self.states:
+            batch = next(iter(self.states.values())).batch_size
+        if batch is None and self.chunk_embeds is not None:
+            batch = self.chunk_embeds.shape[0]
+        if batch is not None:
+            self.batch_select_indices(torch.arange(batch).repeat_interleave(repeats))
+
+    def crop(self, max_length: int) -> None:
+        raise ValueError(
+            "a SleepCache cannot be cropped: consolidated fast-weight state cannot forget tokens"
+        )
+
+    def reset(self) -> None:
+        self.__init__()

@@ -1,0 +1,160 @@
+"""The sleep engine: cut the stream into chunks of L tokens, wake on tokens that need
+outputs, consolidate every chunk with N passes before its keys/values are evicted.
+
+Semantics (design.md, "Semantics"):
+- chunks are cut at multiples of L from the sequence start;
+- wake: tokens that need outputs get one ordinary pass with the current fast-weight state
+  and the keys/values of the current chunk (hard) or of the last L-1 tokens (sliding); the
+  pass updates the state provisionally;
+- eviction: when a chunk is complete, the state is restored to the snapshot taken at the
+  chunk start and the chunk is consolidated with N passes from it (prefix once, body N
+  times, suffix once; attention within the chunk; refined hidden states discarded). With
+  N=1 a fully woken chunk is not re-run: its wake pass was that single pass;
+- hard eviction then drops all keys/values; sliding eviction keeps those of the last L-1
+  tokens (they are trimmed after every wake pass).
+
+The same function serves prompt ingestion, token-by-token generation and the training
+forward of Algorithm 1: the caller says which positions need outputs, and complete chunks
+whose outputs nobody needs are consolidated without a wake pass (context chunks).
+Everything is differentiable: states are values threaded through calls, never mutated.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .cache import SleepCache
+from .masks import attention_bias
+from .settings import SleepSettings
+from .stack import PassContext, StackView
+
+
+class _ChunkView:
+    """The cache as consolidation passes see it: attention stays within the chunk (nothing is
+    stored), fast-weight states are read and written as usual."""
+
+    def __init__(self, cache: SleepCache):
+        self.cache = cache
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return key_states, value_states
+
+    def __getattr__(self, name):  # get_state / set_state / get_jet_state / update_jet_state
+        return getattr(self.cache, name)
+
+
+class SleepEngine:
+    """Runs a :class:`StackView` under :class:`SleepSettings`."""
+
+    def __init__(self, stack: StackView, settings: SleepSettings):
+        self.stack = stack
+        self.settings = settings
+
+    # ------------------------------------------------------------------ public
+    def new_cache(self) -> SleepCache:
+        return SleepCache()
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        cache: SleepCache,
+        padding_mask: torch.Tensor | None = None,
+        output_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Consume `inputs_embeds` [B, T, hidden] after what `cache` holds.
+
+        padding_mask: [B, T] 1/0 (1 = real token); None = nothing padded.
+        output_positions: [T] bool, the positions whose final hidden states are wanted (None = all).
+        Returns the final hidden states of the wanted positions, [B, wanted, hidden], in order.
+        """
+        batch, length, _ = inputs_embeds.shape
+        device = inputs_embeds.device
+        valid = (
+            torch.ones(batch, length, dtype=torch.bool, device=device)
+            if padding_mask is None
+            else padding_mask.to(device=device, dtype=torch.bool)
+        )
+        wanted = (
+            torch.ones(length, dtype=torch.bool, device=device)
+            if output_positions is None
+            else output_positions.to(device=device, dtype=torch.bool)
+        )
+        window = self.settings.window
+        outputs: list[torch.Tensor] = []
+        start = 0
+        while start < length:
+            stop = min(length, start + window - cache.chunk_fill)
+            completes = cache.chunk_fill + (stop - start) == window
+            wants = bool(wanted[start:stop].any())
+            # A complete chunk nobody reads is only consolidated (Algorithm 1's context chunk);
+            # sliding eviction always wakes, since the window keeps wake-pass keys/values.
+            woken = wants or not completes or self.settings.eviction == "sliding"
+            embeds, seg_valid = inputs_embeds[:, start:stop], valid[:, start:stop]
+            if woken:
+                hidden = self._wake(embeds, seg_valid, cache)
+                if wants:
+                    outputs.append(hidden[:, wanted[start:stop]])
+            cache.append_chunk(embeds, seg_valid, woken)
+            if completes:
+                self._evict(cache)
+            start = stop
+        if not outputs:
+            return inputs_embeds.new_zeros(batch, 0, inputs_embeds.shape[-1])
+        return torch.cat(outputs, dim=1)
+
+    # ------------------------------------------------------------------ passes
+    def _context(self, embeds, positions, key_positions, key_valid, valid, cache_view) -> PassContext:
+        sliding = self.settings.eviction == "sliding"
+        biases: dict[int | None, torch.Tensor] = {}
+
+        def bias(layer_window: int | None) -> torch.Tensor:
+            window = layer_window
+            if sliding:
+                window = self.settings.window if window is None else min(window, self.settings.window)
+            if window not in biases:
+                biases[window] = attention_bias(
+                    positions, key_positions, key_valid, window=window, dtype=embeds.dtype
+                )
+            return biases[window]
+
+        return PassContext(
+            position_embeddings=self.stack.rotary(embeds, positions[None]),
+            attention_bias=bias,
+            padding_mask=None if bool(valid.all()) else valid.long(),
+            cache=cache_view,
+        )
+
+    def _wake(self, embeds: torch.Tensor, valid: torch.Tensor, cache: SleepCache) -> torch.Tensor:
+        """One ordinary pass over tokens of the current chunk; keys/values are kept."""
+        first = cache.seen_tokens
+        positions = torch.arange(first, first + embeds.shape[1], device=embeds.device)
+        if cache.key_positions is None:
+            key_positions, key_valid = positions, valid
+        else:
+            key_positions = torch.cat([cache.key_positions, positions])
+            key_valid = torch.cat([cache.key_valid, valid], dim=1)
+        ctx = self._context(embeds, positions, key_positions, key_valid, valid, cache)
+        hidden = self.stack.wake(embeds, ctx)
+        cache.record_keys(positions, valid)
+        if self.settings.eviction == "sliding":
+            cache.keep_last_keys(self.settings.window - 1)
+        return hidden
+
+    def _evict(self, cache: SleepCache) -> None:
+        """The current chunk is full: consolidate it from its snapshot, then evict."""
+        if self.settings.passes > 1 or not cache.chunk_woken:
+            began = time.perf_counter()
+            cache.states = dict(cache.snapshot)
+            embeds, valid = cache.chunk_embeds, cache.chunk_valid
+            first = cache.seen_tokens - embeds.shape[1]
+            positions = torch.arange(first, cache.seen_tokens, device=embeds.device)
+            ctx = self._context(embeds, positions, positions, valid, valid, _ChunkView(cache))
+            self.stack.consolidate(embeds, ctx, self.settings.passes)
+            cache.stats["consolidations"] += 1
+            cache.stats["consolidation_seconds"] += time.perf_counter() - began
+        if self.settings.eviction == "hard":
+            cache.clear_keys()
+        cache.stats["evictions"] += 1
+        cache.start_next_chunk()
