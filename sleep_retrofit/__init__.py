@@ -11,3 +11,8 @@ __version__ = "0.1.0"
 from .models.registry import register_auto_classes as _register_auto_classes
 
 _register_auto_classes()
+
+# ... and the converted checkpoints (model_type "sleep_retrofit").
+from .modeling import register as _register_sleep_retrofit
+
+_register_sleep_retrofit()

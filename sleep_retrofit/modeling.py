@@ -1,0 +1,263 @@
+"""SleepRetrofitConfig and SleepRetrofitForCausalLM: a base model + inserted fast-weight
+blocks, run by the sleep engine, loadable with AutoModelForCausalLM.
+
+State-dict layout: ``base.*`` is the base model exactly as its family names it (so PEFT
+targets ``q_proj`` etc. as usual) and ``fast_weights.{layer}.*`` the inserted blocks.
+The checkpoint directory also holds a shim module (``modeling_sleep_retrofit.py``) and an
+``auto_map`` so ``trust_remote_code=True`` loading works wherever the package is installed;
+after ``import sleep_retrofit`` no remote code is needed at all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .models.loading import StrictLoadingMixin
+from .models.registry import resolve_family
+from .retrofit import FastWeightBlock, FastWeightPlan, build_fast_weight_blocks, default_plan
+from .sleep import SleepCache, SleepEngine, SleepSettings, build_stack
+
+SHIM_MODULE = "modeling_sleep_retrofit"
+_SHIM_SOURCE = '''"""Loads a sleep-retrofit checkpoint through trust_remote_code: the classes live in the
+installed `sleep-retrofit` package (pip install sleep-retrofit)."""
+
+from sleep_retrofit.modeling import SleepRetrofitConfig, SleepRetrofitForCausalLM
+
+__all__ = ["SleepRetrofitConfig", "SleepRetrofitForCausalLM"]
+'''
+
+
+class SleepRetrofitConfig(PreTrainedConfig):
+    """A base model's config plus the fast-weight plan and the sleep settings.
+
+    Args:
+        base_config: the base model's config (object or dict with its ``model_type``).
+        fast_weights: a :class:`FastWeightPlan` as a dict (empty plan = nothing inserted).
+        passes: N, consolidation passes per chunk (1 = no sleep).
+        window: L, chunk length (and attention window with sliding eviction).
+        eviction: "hard" or "sliding".
+        loop_span: [start, end) base layers looped by sleep; None = the family default.
+
+    ``passes``, ``window`` and ``eviction`` are top-level so that
+    ``from_pretrained(dir, passes=4)`` overrides them at load time.
+    """
+
+    model_type = "sleep_retrofit"
+    sub_configs = {"base_config": AutoConfig}
+
+    def __init__(
+        self,
+        base_config: PreTrainedConfig | dict | None = None,
+        fast_weights: dict | None = None,
+        passes: int = 1,
+        window: int = 2048,
+        eviction: str = "hard",
+        loop_span: list[int] | None = None,
+        **kwargs,
+    ) -> None:
+        if isinstance(base_config, dict):
+            base_config = dict(base_config)
+            model_type = base_config.pop("model_type", None)
+            if model_type is None:
+                raise ValueError("base_config must name its model_type")
+            base_config = AutoConfig.for_model(model_type, **base_config)
+        self.base_config = base_config
+        self.fast_weights = dict(fast_weights or {})
+        self.passes, self.window, self.eviction = passes, window, eviction
+        self.loop_span = list(loop_span) if loop_span is not None else None
+        if base_config is not None:
+            for name in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"):
+                kwargs.setdefault(name, getattr(base_config, name, None))
+            kwargs.setdefault("tie_word_embeddings", getattr(base_config, "tie_word_embeddings", False))
+        super().__init__(**kwargs)
+        if base_config is not None:
+            self.sleep_settings()  # validate now: a bad N or L fails at conversion, not mid-generation
+
+    def sleep_settings(self, **overrides: Any) -> SleepSettings:
+        """The :class:`SleepSettings` of this config, with per-call `overrides` (None = keep)."""
+        settings = SleepSettings(
+            passes=self.passes,
+            window=self.window,
+            eviction=self.eviction,
+            loop_span=tuple(self.loop_span) if self.loop_span is not None else None,
+        )
+        return settings.replace(**overrides)
+
+    def plan(self) -> FastWeightPlan:
+        return FastWeightPlan.from_dict(self.fast_weights) if self.fast_weights else FastWeightPlan("jet", [])
+
+
+class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMixin):
+    """A causal LM that consumes context chunk by chunk and sleeps on every evicted chunk.
+
+    ``forward`` and ``generate`` take ``passes``, ``window`` and ``eviction`` to override the
+    config for one call. With ``labels`` only the positions that have a target (the next label
+    is not -100) get a wake pass and logits; complete chunks without targets are consolidated
+    directly, as in the paper's Algorithm 1.
+    """
+
+    config_class = SleepRetrofitConfig
+    base_model_prefix = "sleep_retrofit"
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _is_stateful = True
+
+    def __init__(self, config: SleepRetrofitConfig, base_model: PreTrainedModel | None = None) -> None:
+        super().__init__(config)
+        resolve_family(config.base_config)  # clear error for an unsupported family
+        if base_model is None:
+            base_model = AutoModelForCausalLM.from_config(config.base_config)
+        else:
+            for module in base_model.modules():  # already initialised (loaded): post_init must not touch it
+                module._is_hf_initialized = True
+        self.base = base_model
+        self.fast_weights = build_fast_weight_blocks(config.base_config, config.plan())
+        self.post_init()
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def from_base(
+        cls,
+        base_model: PreTrainedModel,
+        plan: FastWeightPlan | None = None,
+        settings: SleepSettings | None = None,
+    ) -> SleepRetrofitForCausalLM:
+        """Wrap a loaded base model (its weights are reused, not copied); `plan` defaults to
+        the family's :func:`default_plan`, `settings` to :class:`SleepSettings` defaults."""
+        plan = default_plan(base_model.config) if plan is None else plan
+        settings = SleepSettings() if settings is None else settings
+        config = SleepRetrofitConfig(
+            base_config=base_model.config,
+            fast_weights=plan.to_dict(),
+            passes=settings.passes,
+            window=settings.window,
+            eviction=settings.eviction,
+            loop_span=list(settings.loop_span) if settings.loop_span is not None else None,
+        )
+        model = cls(config, base_model=base_model)
+        return model.to(dtype=next(base_model.parameters()).dtype)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Base-model modules are initialised by the base model's own rules; inserted blocks
+        # keep their constructors' init with the output projections zeroed (identity).
+        if isinstance(module, FastWeightBlock):
+            module.init_output_projections()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.base.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.base.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.base.get_output_embeddings()
+
+    def engine(self, **overrides: Any) -> SleepEngine:
+        """The engine for these settings (`passes`, `window`, `eviction` overrides; None = keep)."""
+        settings = self.config.sleep_settings(**overrides)
+        stack = build_stack(
+            self.base, {int(k): block for k, block in self.fast_weights.items()}, settings.loop_span
+        )
+        return SleepEngine(stack, settings)
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: SleepCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        passes: int | None = None,
+        window: int | None = None,
+        eviction: str | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: SleepCache | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Consume the tokens after what `cache` holds; return logits (and the loss).
+
+        Args:
+            attention_mask: [B, past + T] or [B, T], 1 = token, 0 = padding (left padding).
+            labels: [B, T]; positions whose next label is -100 get no logits. The returned
+                logits then cover only the positions with a target, in order.
+            logits_to_keep: without labels, 0 = logits at every position, k > 0 = the last k.
+            passes / window / eviction: override the config for this call.
+            position_ids: ignored; positions count consumed tokens (RoPE sees relative
+                positions only, so left padding needs no shift).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        cache = cache if cache is not None else past_key_values
+        if cache is not None and not isinstance(cache, SleepCache):
+            raise ValueError(f"cache must be a SleepCache, got {type(cache).__name__}")
+        engine = self.engine(passes=passes, window=window, eviction=eviction)
+        if inputs_embeds is None:
+            inputs_embeds = engine.stack.embed(input_ids)
+        length = inputs_embeds.shape[1]
+        padding = attention_mask[:, -length:] if attention_mask is not None else None
+
+        wanted = torch.zeros(length, dtype=torch.bool, device=inputs_embeds.device)
+        if labels is not None:
+            targets = labels[:, 1:] != -100
+            wanted[:-1] = targets.any(dim=0)
+        elif isinstance(logits_to_keep, int):
+            wanted[-logits_to_keep if logits_to_keep > 0 else 0 :] = True
+        else:
+            wanted[logits_to_keep] = True
+
+        if cache is None:
+            cache = engine.new_cache()
+        hidden = engine.forward(inputs_embeds, cache, padding_mask=padding, output_positions=wanted)
+        logits = engine.stack.head(hidden)
+
+        loss = None
+        if labels is not None:
+            next_labels = labels[:, 1:][:, wanted[:-1]]
+            loss = nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), next_labels.reshape(-1), ignore_index=-100
+            )
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=cache if (use_cache or use_cache is None) else None
+        )
+
+    # ----------------------------------------------------------------- generation
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs) -> None:
+        """generate() would build a DynamicCache from the config; sleep needs a SleepCache."""
+        user_cache = model_kwargs.get("cache", model_kwargs.get("past_key_values"))
+        if user_cache is not None:
+            if not isinstance(user_cache, SleepCache):
+                raise ValueError(f"cache must be a SleepCache, got {type(user_cache).__name__}")
+            return None
+        if generation_config.use_cache is False:
+            raise ValueError(
+                "a sleep-retrofit model generates with its SleepCache; do not set use_cache=False"
+            )
+        model_kwargs["cache"] = SleepCache()
+        return None
+
+    # ----------------------------------------------------------------- saving
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """Safetensors + config, plus the shim module and auto_map for trust_remote_code loading."""
+        self.config.auto_map = {
+            "AutoConfig": f"{SHIM_MODULE}.SleepRetrofitConfig",
+            "AutoModelForCausalLM": f"{SHIM_MODULE}.SleepRetrofitForCausalLM",
+        }
+        super().save_pretrained(save_directory, *args, **kwargs)
+        Path(save_directory, f"{SHIM_MODULE}.py").write_text(_SHIM_SOURCE)
+
+
+def register() -> None:
+    """Make AutoConfig / AutoModelForCausalLM resolve "sleep_retrofit" to these classes."""
+    AutoConfig.register(SleepRetrofitConfig.model_type, SleepRetrofitConfig, exist_ok=True)
+    AutoModelForCausalLM.register(SleepRetrofitConfig, SleepRetrofitForCausalLM, exist_ok=True)
