@@ -161,12 +161,18 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         return self.base.get_output_embeddings()
 
     def engine(self, **overrides: Any) -> SleepEngine:
-        """The engine for these settings (`passes`, `window`, `eviction` overrides; None = keep)."""
+        """The engine for these settings (`passes`, `window`, `eviction` overrides; None = keep).
+
+        Engines are memoised per settings: generate() calls forward once per token and the
+        stack view need not be rebuilt each time (it only references modules)."""
         settings = self.config.sleep_settings(**overrides)
-        stack = build_stack(
-            self.base, {int(k): block for k, block in self.fast_weights.items()}, settings.loop_span
-        )
-        return SleepEngine(stack, settings)
+        engines = self.__dict__.setdefault("_engines", {})
+        if settings not in engines:
+            stack = build_stack(
+                self.base, {int(k): block for k, block in self.fast_weights.items()}, settings.loop_span
+            )
+            engines[settings] = SleepEngine(stack, settings)
+        return engines[settings]
 
     # ----------------------------------------------------------------- forward
     def forward(
