@@ -166,13 +166,13 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         Engines are memoised per settings: generate() calls forward once per token and the
         stack view need not be rebuilt each time (it only references modules)."""
         settings = self.config.sleep_settings(**overrides)
+        blocks = {int(k): block for k, block in self.fast_weights.items()}
+        # Keyed by module identity too: PEFT swaps modules (e.g. modules_to_save wrappers).
+        key = (settings, id(self.base), tuple((k, id(b)) for k, b in blocks.items()))
         engines = self.__dict__.setdefault("_engines", {})
-        if settings not in engines:
-            stack = build_stack(
-                self.base, {int(k): block for k, block in self.fast_weights.items()}, settings.loop_span
-            )
-            engines[settings] = SleepEngine(stack, settings)
-        return engines[settings]
+        if key not in engines:
+            engines[key] = SleepEngine(build_stack(self.base, blocks, settings.loop_span), settings)
+        return engines[key]
 
     # ----------------------------------------------------------------- forward
     def forward(
