@@ -16,8 +16,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Convert a built-in tiny preset (random weights, no download) with sleep N=2 and a 32-token window,
+# then generate from it with a prompt of ~4 windows, so chunks are consolidated and evicted.
+DEMO_DIR    ?= runs/demo
+DEMO_PROMPT ?= Before a chunk of context leaves the KV cache, the model sleeps on it: N recurrent passes write it into fast weights.
 demo: setup
-	$(VENV)/bin/sleep-retrofit demo
+	$(VENV)/bin/sleep-retrofit convert --model tiny-jet-nemotron --out $(DEMO_DIR) --passes 2 --window 32 --overwrite
+	$(VENV)/bin/sleep-retrofit generate $(DEMO_DIR) --prompt "$(DEMO_PROMPT)" --max-new-tokens 32
 
 test: setup
 	$(PY) -m pytest -q

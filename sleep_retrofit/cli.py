@@ -1,18 +1,32 @@
 """The `sleep-retrofit` command line.
 
-Subcommands are small functions over the library; argument errors print one line and exit
-with status 2 (argparse's convention), never a traceback.
+    sleep-retrofit convert --model PATH_OR_PRESET --out DIR [...]   base model -> sleep checkpoint
+    sleep-retrofit info DIR                                         what a converted checkpoint is
+    sleep-retrofit generate DIR --prompt TEXT [...]                 completion + sleep timings
+    sleep-retrofit presets                                          the built-in tiny base models
+    sleep-retrofit demo                                             the fast-weight kernel demo
+
+Subcommands are small functions over the library (sleep_retrofit.convert). Every bad input
+prints one line to stderr and exits with status 2 (argparse's convention), never a traceback,
+and writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from typing import NoReturn
 
 import torch
 
 from . import __version__
+from .convert import DTYPES, ConvertError, convert, describe, load_converted, timed_generate
+from .evaluation import add_eval_arguments, run_eval
+from .presets import PRESETS
+from .retrofit import FAST_WEIGHT_KINDS, format_parameter_count
+from .sleep import EVICTION_MODES
 
 
 def _positive_int(text: str) -> int:
@@ -23,6 +37,180 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _layer_list(text: str) -> list[int]:
+    """ "3,7,11" -> [3, 7, 11]."""
+    try:
+        indices = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer indices like 3,7,11, got {text!r}"
+        ) from None
+    if any(i < 0 for i in indices):
+        raise argparse.ArgumentTypeError(f"layer indices must be >= 0, got {text!r}")
+    return indices
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): `prog: error: message (see --help)`."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ------------------------------------------------------------------------------------- commands
+
+
+def _convert(args: argparse.Namespace) -> int:
+    out = convert(
+        args.model,
+        args.out,
+        fast_weights=args.fast_weights,
+        insert_at=args.insert_at,
+        every=args.every,
+        with_mlp=args.with_mlp,
+        passes=args.passes,
+        window=args.window,
+        eviction=args.eviction,
+        loop_span=args.loop_span,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        trust_remote_code=args.trust_remote_code,
+    )
+    info = describe(out)
+    print(f"wrote {out}")
+    _print_info(info)
+    return 0
+
+
+def _loop_span_text(sleep: dict) -> str:
+    start, end = sleep["loop_span"]
+    return f"layers {start}..{end - 1}" + (" (family default)" if sleep["loop_span_is_default"] else "")
+
+
+def _print_info(info: dict) -> None:
+    plan, sleep = info["fast_weights"], info["sleep"]
+    if plan["num_blocks"]:
+        mlp = "with" if plan["with_mlp"] else "without"
+        inserted = f"{plan['num_blocks']} {plan['kind']} block(s) {mlp} MLP after layers " + ", ".join(
+            map(str, plan["insert_after"])
+        )
+    else:
+        inserted = "none"
+    rows = [
+        (
+            "base model",
+            f"{info['architecture']} (model_type {info['model_type']}, family {info['family']}), "
+            f"{info['num_layers']} layers, hidden {info['hidden_size']}, {info['dtype']}",
+        ),
+        (
+            "parameters",
+            f"{format_parameter_count(info['base_parameters'])} base, "
+            f"+{format_parameter_count(info['added_parameters'])} added (+{info['percent_added']:.2f}%)",
+        ),
+        ("inserted blocks", inserted),
+    ]
+    if plan["native_layers"]:
+        rows.append(("native fast weights", "jet layers " + ", ".join(map(str, plan["native_layers"]))))
+    rows += [
+        (
+            "sleep",
+            f"passes N={sleep['passes']}, window L={sleep['window']}, eviction {sleep['eviction']}, "
+            f"loop body {_loop_span_text(sleep)}",
+        ),
+        ("tokenizer", "yes" if info["tokenizer"] else "none"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+
+
+def _info(args: argparse.Namespace) -> int:
+    info = describe(args.dir)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(info["path"])
+        _print_info(info)
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    if not args.prompt:  # before loading anything
+        raise ConvertError("prompt must be a non-empty string (--prompt TEXT)")
+    model, tokenizer = load_converted(
+        args.dir, passes=args.passes, window=args.window, eviction=args.eviction
+    )
+    report = timed_generate(
+        model,
+        tokenizer,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        seed=args.seed,
+        warmup=not args.no_warmup,
+    )
+    s = report.settings
+    ms = 1000.0
+    print(f"completion ({report.new_tokens} tokens):")
+    print(report.completion)
+    print(
+        f"--- {report.prompt_tokens} prompt tokens; passes N={s.passes}, window L={s.window}, "
+        f"eviction {s.eviction}"
+    )
+    rate = report.prompt_tokens / report.ingestion_seconds if report.ingestion_seconds > 0 else float("inf")
+    print(
+        f"prompt ingestion        {report.ingestion_seconds:.3f} s ({rate:,.0f} tokens/s), of which "
+        f"{report.prompt_consolidation_seconds:.3f} s in {report.prompt_consolidations} consolidation(s)"
+    )
+    note = ""
+    if s.passes == 1 and report.evictions > report.consolidations:
+        note = "; with N=1 a chunk's wake pass is its consolidation, nothing is re-run"
+    print(
+        f"consolidation           {report.consolidations} chunk(s) in {report.consolidation_seconds:.3f} s "
+        f"({report.evictions} eviction(s) in prompt and decode{note})"
+    )
+    if report.median_wake_seconds is None:
+        print("wake decode             n/a (one new token: no decode step after the prompt)")
+    else:
+        print(
+            f"wake decode             median {report.median_wake_seconds * ms:.2f} ms/token over "
+            f"{len(report.wake_seconds)} step(s), consolidation excluded"
+        )
+    print(
+        f"amortised consolidation {report.amortised_consolidation_seconds * ms:.2f} ms/token "
+        f"({report.consolidation_seconds:.3f} s over {report.tokens_consumed} tokens consumed)"
+    )
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    width = max(len(name) for name in PRESETS)
+    for name, description in PRESETS.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -67,7 +255,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sleep-retrofit",
         description="Retrofit pretrained language models with sleep (N passes per evicted chunk).",
     )
@@ -75,7 +263,153 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    demo = sub.add_parser("demo", help="run the built-in fast-weight demo (CPU, a few seconds)")
+    conv = sub.add_parser(
+        "convert",
+        help="convert a base model (directory, Hub id or preset) into a sleep-retrofit checkpoint",
+        description="Convert a base model into a sleep-retrofit checkpoint directory that "
+        "AutoModelForCausalLM loads. The new directory appears only once complete.",
+    )
+    conv.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH_OR_PRESET",
+        help=f"model directory, Hub id (owner/name) or preset ({', '.join(PRESETS)})",
+    )
+    conv.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist)")
+    conv.add_argument(
+        "--fast-weights",
+        choices=FAST_WEIGHT_KINDS,
+        default=None,
+        help="kind of inserted blocks (default: the family's: ouro jet, llama family gdn)",
+    )
+    where = conv.add_mutually_exclusive_group()
+    where.add_argument(
+        "--insert-at",
+        type=_layer_list,
+        default=None,
+        metavar="I,J,...",
+        help="insert a block after these base layers, e.g. 3,7,11 (default: the family's plan)",
+    )
+    where.add_argument(
+        "--every",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="insert a block after every K-th layer (default: the family's plan)",
+    )
+    conv.add_argument("--with-mlp", action="store_true", help="give inserted blocks an MLP (default: off)")
+    conv.add_argument(
+        "--passes",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="consolidation passes per chunk, 1 = no sleep (default 1)",
+    )
+    conv.add_argument(
+        "--window",
+        type=_positive_int,
+        default=2048,
+        metavar="L",
+        help="chunk length and sliding attention window (default 2048)",
+    )
+    conv.add_argument(
+        "--eviction",
+        choices=EVICTION_MODES,
+        default="hard",
+        help="hard: drop the KV cache every L tokens; sliding: keep the last L-1 (default hard)",
+    )
+    conv.add_argument(
+        "--loop-span",
+        type=_non_negative_int,
+        nargs=2,
+        default=None,
+        metavar=("START", "END"),
+        help="base layers [START, END) the sleep passes repeat (default: ouro all, others the middle half)",
+    )
+    conv.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default="float32",
+        help="weights dtype; auto keeps the checkpoint's (default float32)",
+    )
+    conv.add_argument("--overwrite", action="store_true", help="replace an existing --out (default: off)")
+    conv.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="passed to transformers when loading the source (default: off)",
+    )
+    conv.set_defaults(func=_convert)
+
+    info = sub.add_parser("info", help="describe a converted checkpoint")
+    info.add_argument("dir", metavar="DIR", help="a directory written by `sleep-retrofit convert`")
+    info.add_argument("--json", action="store_true", help="print the description as JSON")
+    info.set_defaults(func=_info)
+
+    gen = sub.add_parser(
+        "generate",
+        help="generate from a converted checkpoint, with ingestion, consolidation and wake timings",
+    )
+    gen.add_argument("dir", metavar="DIR", help="a directory written by `sleep-retrofit convert`")
+    gen.add_argument("--prompt", required=True, metavar="TEXT", help="the prompt text")
+    gen.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=32,
+        metavar="K",
+        help="tokens to generate (default 32)",
+    )
+    gen.add_argument(
+        "--passes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="override the checkpoint's passes (default: the checkpoint's)",
+    )
+    gen.add_argument(
+        "--window",
+        type=_positive_int,
+        default=None,
+        metavar="L",
+        help="override the checkpoint's window (default: the checkpoint's)",
+    )
+    gen.add_argument(
+        "--eviction",
+        choices=EVICTION_MODES,
+        default=None,
+        help="override the checkpoint's eviction (default: the checkpoint's)",
+    )
+    mode = gen.add_mutually_exclusive_group()
+    mode.add_argument("--greedy", dest="sample", action="store_false", help="greedy decoding (the default)")
+    mode.add_argument(
+        "--sample",
+        dest="sample",
+        action="store_true",
+        help="sample from the full distribution at --temperature",
+    )
+    gen.set_defaults(sample=False)
+    gen.add_argument(
+        "--temperature",
+        type=_positive_float,
+        default=1.0,
+        metavar="T",
+        help="sampling temperature, with --sample (default 1.0)",
+    )
+    gen.add_argument("--seed", type=int, default=0, metavar="S", help="random seed for --sample (default 0)")
+    gen.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="time from a cold start; by default one chunk and one decode step run untimed first",
+    )
+    gen.set_defaults(func=_generate)
+
+    evaluate = sub.add_parser("eval", help="evaluate a converted model across N and task difficulty")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(func=run_eval)
+
+    presets = sub.add_parser("presets", help="list the built-in tiny base models")
+    presets.set_defaults(func=_presets)
+
+    demo = sub.add_parser("demo", help="run the built-in fast-weight kernel demo (CPU, a few seconds)")
     demo.add_argument("--tokens", type=_positive_int, default=2048, help="sequence length (default 2048)")
     demo.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default 1)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -84,8 +418,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Run the command line; returns the exit status (argument errors raise SystemExit(2))."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConvertError as error:
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

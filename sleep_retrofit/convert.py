@@ -1,0 +1,777 @@
+"""Convert a pretrained checkpoint (or a built-in preset) into a sleep-retrofit checkpoint, describe
+one, and generate from one with timings.
+
+``convert`` is what ``sleep-retrofit convert`` runs::
+
+    check every argument against the source's config.json     (nothing heavy loaded yet)
+    load tokenizer -> load base model -> insert fast-weight blocks (identity at insertion)
+    save model + tokenizer into  OUT_PARENT/.OUT.partial-XXXX/
+    rename it to OUT                                          (the old OUT is replaced only now)
+
+A bad request raises :class:`ConvertError` (a ``ValueError``) with one line that names the problem
+and the valid choices, before anything is written. A conversion that fails or is interrupted
+midway (Ctrl-C included) removes its temporary directory, so OUT is either absent, the complete
+new checkpoint, or, with ``overwrite``, the untouched old one.
+
+``describe`` reads a converted directory for ``sleep-retrofit info``; ``load_converted`` and
+``timed_generate`` are what ``sleep-retrofit generate`` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedConfig,
+)
+from transformers.utils import logging as hf_logging
+
+from .modeling import SleepRetrofitConfig, SleepRetrofitForCausalLM
+from .models.registry import ModelFamily, UnsupportedModelError, resolve_family, supported_model_types
+from .presets import PRESETS, is_preset, load_preset, preset_config, preset_tokenizer
+from .retrofit import FAST_WEIGHT_KINDS, FastWeightPlan, default_plan, parameter_report, plan_from_every
+from .sleep import EVICTION_MODES, SleepCache, SleepSettings, default_loop_span
+
+__all__ = [
+    "DTYPES",
+    "ConvertError",
+    "GenerationReport",
+    "ModelSource",
+    "convert",
+    "describe",
+    "load_converted",
+    "resolve_source",
+    "timed_generate",
+]
+
+# CLI name -> torch dtype; "auto" keeps the checkpoint's own dtype (float32 for presets).
+DTYPES: dict[str, torch.dtype | None] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "auto": None,
+}
+
+# Files whose presence says a local directory ships a tokenizer.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
+# "owner/name" as the Hub spells repository ids.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
+
+
+class ConvertError(ValueError):
+    """A bad conversion (or info / generate) request; the message is one line naming the problem
+    and the valid choices. The CLI prints it and exits with status 2."""
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@contextlib.contextmanager
+def _quiet_transformers(keep_bars: bool = False) -> Iterator[None]:
+    """Silence transformers' info/warning logs and, unless `keep_bars`, its own progress bars
+    ("Loading weights", "Writing model shards") for the duration; ours report the stages instead.
+    Hub downloads keep their bars (`keep_bars`): a multi-GB download must not look like a hang."""
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    if not keep_bars:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _stage_bar(total: int, desc: str, progress: bool) -> tqdm:
+    # disable=None: shown on a terminal only, so logs and captured output stay clean.
+    return tqdm(total=total, desc=desc, unit="step", disable=None if progress else True, leave=False)
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a base model comes from, with its config (read without loading any weights).
+
+    Attributes:
+        kind: ``"preset"``, ``"local"`` (a directory) or ``"hub"`` (a Hugging Face Hub id).
+        name: the preset name, the resolved directory, or the Hub id.
+        config: the base model's config.
+        family: its :class:`~sleep_retrofit.models.registry.ModelFamily`.
+    """
+
+    kind: str
+    name: str
+    config: PreTrainedConfig
+    family: ModelFamily
+
+    @property
+    def path(self) -> Path | None:
+        return Path(self.name) if self.kind == "local" else None
+
+
+def _source_choices() -> str:
+    return (
+        f"give an existing model directory, a preset ({', '.join(PRESETS)}) "
+        f"or a Hugging Face Hub id (owner/name)"
+    )
+
+
+def resolve_source(model: str | os.PathLike, *, trust_remote_code: bool = False) -> ModelSource:
+    """Identify ``model`` (preset name, local directory or Hub id) and read its config.
+
+    Only config.json is read (fetched, for a Hub id); no weights.
+
+    Raises:
+        ConvertError: for a missing path, an unknown preset, a directory that is not a model, a
+            config that cannot be fetched, or an unsupported architecture (listing the supported).
+    """
+    if not isinstance(model, (str, os.PathLike)) or not str(model).strip():
+        raise ConvertError(f"model must be a path, preset name or Hub id; {_source_choices()}")
+    text = os.fspath(model)
+    if is_preset(text):
+        config = preset_config(text)
+        return ModelSource("preset", text, config, resolve_family(config))
+
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConvertError(f"model {text!r} is a file, not a model directory; {_source_choices()}")
+        if not (path / "config.json").is_file():
+            raise ConvertError(f"model directory {text!r} has no config.json; {_source_choices()}")
+        kind, location = "local", str(path.resolve())
+    elif _HUB_ID.match(text) and not Path(text.split("/")[0]).exists():
+        # "owner/name" whose first part is no local directory: a Hub id, not a mistyped path.
+        kind, location = "hub", text
+    elif "/" in text or os.sep in text or text.startswith((".", "~")):
+        raise ConvertError(f"model path {text!r} does not exist; {_source_choices()}")
+    else:
+        raise ConvertError(
+            f"unknown preset {text!r} (and no such path); valid presets: {', '.join(PRESETS)}; "
+            f"or give an existing model directory or a Hub id (owner/name)"
+        )
+
+    try:
+        with _quiet_transformers():
+            raw, _ = PreTrainedConfig.get_config_dict(location)
+    except (OSError, ValueError) as error:
+        where = "read the config of" if kind == "local" else "fetch the Hub config of"
+        raise ConvertError(
+            f"could not {where} {text!r} ({_first_line(error)}); {_source_choices()}"
+        ) from error
+    model_type = raw.get("model_type")
+    if model_type == SleepRetrofitConfig.model_type:
+        raise ConvertError(
+            f"{text!r} is already a sleep-retrofit checkpoint; generate from it, or override passes/"
+            f"window/eviction at load time, instead of converting it again"
+        )
+    try:
+        family = resolve_family(raw)
+    except UnsupportedModelError:
+        raise ConvertError(
+            f"unsupported architecture: {text!r} has model_type {model_type!r}; supported model_types: "
+            f"{', '.join(supported_model_types())}"
+        ) from None
+    try:
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ConvertError(f"could not read the config of {text!r}: {_first_line(error)}") from error
+    return ModelSource(kind, location, config, family)
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+
+def _check_settings(passes: Any, window: Any, eviction: Any, fast_weights: Any, dtype: Any) -> None:
+    """The checks that need no config."""
+    if not _is_int(passes) or passes < 1:
+        raise ConvertError(f"passes (N) must be an integer >= 1, got {passes!r}")
+    if not _is_int(window) or window < 1:
+        raise ConvertError(f"window (L) must be an integer >= 1, got {window!r}")
+    if eviction not in EVICTION_MODES:
+        raise ConvertError(f"eviction must be one of {', '.join(EVICTION_MODES)}, got {eviction!r}")
+    if fast_weights is not None and fast_weights not in FAST_WEIGHT_KINDS:
+        raise ConvertError(
+            f"fast_weights must be one of {', '.join(FAST_WEIGHT_KINDS)} (or None for the family "
+            f"default), got {fast_weights!r}"
+        )
+    if dtype not in DTYPES:
+        raise ConvertError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def _check_window_limit(window: int, config: PreTrainedConfig, what: str) -> None:
+    limit = getattr(config, "max_position_embeddings", None)
+    if _is_int(limit) and window > limit:
+        raise ConvertError(
+            f"window (L) {window} is larger than the position limit of {what} "
+            f"(max_position_embeddings {limit}); choose a window in 1..{limit}"
+        )
+
+
+def _build_plan(
+    source: ModelSource,
+    fast_weights: str | None,
+    insert_at: list[int] | None,
+    every: int | None,
+    with_mlp: bool,
+) -> FastWeightPlan:
+    """The fast-weight plan for the request, checked against the base model's layers."""
+    config = source.config
+    num_layers = config.num_hidden_layers
+    if insert_at is not None and every is not None:
+        raise ConvertError("give insert_at or every, not both")
+    if not isinstance(with_mlp, bool):
+        raise ConvertError(f"with_mlp must be True or False, got {with_mlp!r}")
+    family_default = default_plan(config)
+    kind = fast_weights or family_default.kind
+
+    if insert_at is not None:
+        if isinstance(insert_at, (str, bytes)) or not hasattr(insert_at, "__iter__"):
+            raise ConvertError(f"insert_at must be a list of layer indices, got {insert_at!r}")
+        indices = list(insert_at)
+        bad = [i for i in indices if not _is_int(i) or not 0 <= i < num_layers]
+        if bad or not indices:
+            raise ConvertError(
+                f"insert_at {indices} has layer(s) outside the base model's layer range: "
+                f"{source.name!r} has {num_layers} layers, valid indices are 0..{num_layers - 1}"
+                if bad
+                else "insert_at is empty; give at least one layer index"
+            )
+        if len(set(indices)) != len(indices):
+            raise ConvertError(f"insert_at {indices} repeats a layer; one block per position")
+        return FastWeightPlan(kind, indices, with_mlp).resolve(config.hidden_size)
+    if every is not None:
+        if not _is_int(every) or not 1 <= every <= num_layers:
+            raise ConvertError(
+                f"every must be an integer in 1..{num_layers} ({source.name!r} has {num_layers} layers), "
+                f"got {every!r}"
+            )
+        return plan_from_every(num_layers, every, kind=kind, with_mlp=with_mlp).resolve(config.hidden_size)
+
+    plan = default_plan(config, kind=fast_weights, with_mlp=with_mlp)
+    if not plan.insert_after and (fast_weights is not None or with_mlp):
+        # Jet-Nemotron's default inserts nothing: a kind or an MLP would silently be ignored.
+        raise ConvertError(
+            f"the {source.family.name} default inserts no blocks, so fast_weights/with_mlp have no effect; "
+            f"give insert_at or every (layers 0..{num_layers - 1}) to insert blocks"
+        )
+    return plan
+
+
+def _check_loop_span(loop_span: Any, source: ModelSource) -> tuple[int, int] | None:
+    if loop_span is None:
+        return None
+    num_layers = source.config.num_hidden_layers
+    span = tuple(loop_span) if hasattr(loop_span, "__iter__") and not isinstance(loop_span, str) else ()
+    if len(span) != 2 or not all(_is_int(i) for i in span) or not 0 <= span[0] < span[1] <= num_layers:
+        raise ConvertError(
+            f"loop_span must be START END with 0 <= START < END <= {num_layers} (END exclusive; "
+            f"{source.name!r} has {num_layers} layers), got {loop_span!r}"
+        )
+    if source.family.name == "ouro" and span != (0, num_layers):
+        raise ConvertError(
+            f"Ouro loops its whole shared stack; loop_span must be 0 {num_layers} (or left out), "
+            f"got {list(span)}"
+        )
+    return span
+
+
+def _check_out(out: Any, overwrite: bool, source: ModelSource) -> Path:
+    if not isinstance(out, (str, os.PathLike)) or not os.fspath(out).strip():
+        raise ConvertError(f"out must be a directory path, got {out!r}")
+    path = Path(out).expanduser().resolve()
+    if path.exists():
+        if not path.is_dir():
+            raise ConvertError(
+                f"output {os.fspath(out)!r} exists and is not a directory; choose another --out"
+            )
+        if not overwrite:
+            raise ConvertError(
+                f"output directory {os.fspath(out)!r} already exists; pass overwrite (--overwrite) to "
+                f"replace it, or choose another --out"
+            )
+    if source.path is not None and (path == source.path or path in source.path.parents):
+        raise ConvertError(
+            f"output {os.fspath(out)!r} would replace the source model {source.name!r}; choose another --out"
+        )
+    # The nearest existing ancestor must be a directory we can write into.
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConvertError(f"cannot write under {str(ancestor)!r}; choose another --out")
+    return path
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _has_tokenizer_files(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in _TOKENIZER_FILES)
+
+
+def _load_tokenizer(source: ModelSource, trust_remote_code: bool):
+    """The source's tokenizer, or None when it ships none."""
+    if source.kind == "preset":
+        return preset_tokenizer()
+    if source.kind == "local" and not _has_tokenizer_files(Path(source.name)):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(source.name, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        if source.kind == "hub":  # a Hub repository without tokenizer files
+            return None
+        raise ConvertError(
+            f"could not load the tokenizer of {source.name!r}: {_first_line(error)}"
+        ) from error
+    except ValueError as error:
+        raise ConvertError(
+            f"could not load the tokenizer of {source.name!r}: {_first_line(error)}"
+        ) from error
+
+
+def _load_base(source: ModelSource, dtype: str, trust_remote_code: bool):
+    torch_dtype = DTYPES[dtype]
+    if source.kind == "preset":
+        model, _ = load_preset(source.name, dtype=torch_dtype or torch.float32)
+        return model
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.name, dtype=torch_dtype or "auto", trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as error:
+        raise ConvertError(f"could not load the base model {source.name!r}: {_first_line(error)}") from error
+    return model.eval()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """Create the missing ancestors of `path`; return those created, deepest first."""
+    created = []
+    ancestor = path.parent
+    while not ancestor.exists():
+        created.append(ancestor)
+        ancestor = ancestor.parent
+    for directory in reversed(created):
+        directory.mkdir()
+    return created
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    for directory in directories:  # deepest first
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
+# --------------------------------------------------------------------------------------------- convert
+
+
+def convert(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    fast_weights: str | None = None,
+    insert_at: list[int] | None = None,
+    every: int | None = None,
+    with_mlp: bool = False,
+    passes: int = 1,
+    window: int = 2048,
+    eviction: str = "hard",
+    loop_span: tuple[int, int] | list[int] | None = None,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Convert a base model into a sleep-retrofit checkpoint directory.
+
+    Args:
+        model: a local model directory, a Hub id (``owner/name``) or a preset name (``PRESETS``).
+        out: the directory to write; it must not exist unless ``overwrite``.
+        fast_weights: kind of inserted blocks, ``"jet"``, ``"gdn"`` or ``"mamba2"``; None = the
+            family default (Ouro: jet, Llama family: gdn; Jet-Nemotron inserts nothing by default).
+        insert_at: base layer indices after which a block is inserted (overrides the family default).
+        every: insert a block after every ``every``-th layer instead (exclusive with ``insert_at``).
+        with_mlp: give every inserted block an MLP of the base model's intermediate size.
+        passes: N, consolidation passes per chunk (1 = no sleep).
+        window: L, chunk length (and attention window with sliding eviction); at most the base
+            model's ``max_position_embeddings``.
+        eviction: ``"hard"`` or ``"sliding"``.
+        loop_span: (start, end) base layers the sleep passes repeat, end exclusive; None = the
+            family default (Ouro: all, others: the middle half).
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"`` (the checkpoint's own).
+        overwrite: replace an existing ``out`` (only once the new checkpoint is complete).
+        trust_remote_code: passed to transformers when loading the config, tokenizer and model.
+        progress: show a progress bar of the stages on stderr (when it is a terminal).
+
+    Returns:
+        The absolute path of the written directory (model, config, shim module, tokenizer files).
+
+    Raises:
+        ConvertError: for any bad argument, before anything is loaded or written.
+    """
+    _check_settings(passes, window, eviction, fast_weights, dtype)
+    if not isinstance(overwrite, bool):
+        raise ConvertError(f"overwrite must be True or False, got {overwrite!r}")
+    source = resolve_source(model, trust_remote_code=trust_remote_code)
+    _check_window_limit(window, source.config, repr(source.name))
+    plan = _build_plan(source, fast_weights, insert_at, every, with_mlp)
+    span = _check_loop_span(loop_span, source)
+    settings = SleepSettings(passes=passes, window=window, eviction=eviction, loop_span=span)
+    out_path = _check_out(out, overwrite, source)
+
+    with (
+        _stage_bar(5, f"convert {source.name}", progress) as bar,
+        _quiet_transformers(keep_bars=progress and source.kind == "hub"),
+    ):
+        bar.set_postfix_str("tokenizer")
+        tokenizer = _load_tokenizer(source, trust_remote_code)
+        bar.update()
+        bar.set_postfix_str("base model")
+        base = _load_base(source, dtype, trust_remote_code)
+        bar.update()
+        bar.set_postfix_str("fast weights")
+        converted = SleepRetrofitForCausalLM.from_base(base, plan=plan, settings=settings).eval()
+        bar.update()
+
+        bar.set_postfix_str("save")
+        created = _make_parents(out_path)
+        staging = None
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.partial-", dir=out_path.parent))
+            # mkdtemp makes the directory private (0700); the checkpoint should be as mkdir makes it.
+            staging.chmod(0o777 & ~_umask())
+            converted.save_pretrained(staging)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
+            bar.update()
+            bar.set_postfix_str("finish")
+            _move_into_place(staging, out_path, overwrite)
+            bar.update()
+        except BaseException:  # KeyboardInterrupt too: never leave a partial checkpoint behind
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            _remove_empty(created)
+            raise
+    return out_path
+
+
+def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished `staging` directory to `out`, replacing an existing `out` only now.
+
+    Two renames on the same filesystem: the old directory is moved aside, the new one takes its
+    name, and the old one is deleted; if the second rename fails the old one is put back.
+    """
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    if not overwrite:  # it appeared while we were converting
+        raise ConvertError(
+            f"output directory {str(out)!r} appeared during the conversion; nothing was replaced"
+        )
+    aside = out.parent / f".{out.name}.replaced-{uuid.uuid4().hex[:8]}"
+    os.replace(out, aside)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(aside, out)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------- describe
+
+
+def _read_converted_config(directory: str | os.PathLike) -> tuple[Path, SleepRetrofitConfig]:
+    path = Path(directory).expanduser()
+    if not path.is_dir():
+        raise ConvertError(
+            f"{os.fspath(directory)!r} is not a directory; give a converted checkpoint directory"
+        )
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ConvertError(
+            f"{os.fspath(directory)!r} has no config.json; give a converted checkpoint directory"
+        )
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, ValueError) as error:
+        raise ConvertError(f"cannot read {str(config_file)!r}: {_first_line(error)}") from error
+    if model_type != SleepRetrofitConfig.model_type:
+        raise ConvertError(
+            f"{os.fspath(directory)!r} is not a sleep-retrofit checkpoint (model_type {model_type!r}); "
+            f"convert it first with `sleep-retrofit convert --model {os.fspath(directory)} --out DIR`"
+        )
+    with _quiet_transformers():
+        config = SleepRetrofitConfig.from_pretrained(path)
+    return path, config
+
+
+def describe(directory: str | os.PathLike) -> dict[str, Any]:
+    """What a converted checkpoint is, for ``sleep-retrofit info`` (JSON-serialisable).
+
+    Parameters are counted on a meta-device model built from the config (nothing loaded).
+
+    Returns:
+        ``{"path", "architecture", "model_type", "family", "num_layers", "hidden_size",
+        "max_position_embeddings", "dtype", "base_parameters", "added_parameters", "percent_added",
+        "parameter_summary", "fast_weights": {"kind", "insert_after", "with_mlp", "num_blocks",
+        "mixer_kwargs", "native_layers"}, "sleep": {"passes", "window", "eviction", "loop_span",
+        "loop_span_is_default"}, "tokenizer": bool}``. ``native_layers`` lists the base model's own
+        fast-weight layers (Jet-Nemotron's JetBlocks), ``loop_span`` is [start, end) resolved.
+
+    Raises:
+        ConvertError: when the directory is missing or not a converted checkpoint.
+    """
+    path, config = _read_converted_config(directory)
+    base_config = config.base_config
+    family = resolve_family(base_config)
+    with torch.device("meta"), _quiet_transformers():
+        model = SleepRetrofitForCausalLM(config)
+    report = parameter_report(model.base, model.fast_weights)
+    plan = config.plan()
+    num_layers = base_config.num_hidden_layers
+    native_layers = [
+        i for i, kind in enumerate(getattr(base_config, "layer_types", None) or []) if kind == "jet"
+    ]
+    span = config.loop_span
+    dtype = getattr(config, "dtype", None) or getattr(base_config, "dtype", None)
+    return {
+        "path": str(path.resolve()),
+        "architecture": (getattr(base_config, "architectures", None) or [type(model.base).__name__])[0],
+        "model_type": base_config.model_type,
+        "family": family.name,
+        "num_layers": num_layers,
+        "hidden_size": base_config.hidden_size,
+        "max_position_embeddings": getattr(base_config, "max_position_embeddings", None),
+        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
+        "base_parameters": report["base_parameters"],
+        "added_parameters": report["added_parameters"],
+        "percent_added": report["percent_added"],
+        "parameter_summary": report["summary"],
+        "fast_weights": {
+            "kind": plan.kind,
+            "insert_after": list(plan.insert_after),
+            "with_mlp": plan.with_mlp,
+            "num_blocks": plan.num_blocks,
+            "mixer_kwargs": dict(plan.mixer_kwargs),
+            "native_layers": native_layers,
+        },
+        "sleep": {
+            "passes": config.passes,
+            "window": config.window,
+            "eviction": config.eviction,
+            "loop_span": list(span) if span is not None else list(default_loop_span(family.name, num_layers)),
+            "loop_span_is_default": span is None,
+        },
+        "tokenizer": _has_tokenizer_files(path),
+    }
+
+
+# --------------------------------------------------------------------------------------------- generate
+
+
+def load_converted(
+    directory: str | os.PathLike,
+    *,
+    passes: int | None = None,
+    window: int | None = None,
+    eviction: str | None = None,
+):
+    """Load a converted checkpoint and its tokenizer, with sleep settings overridden (None = keep).
+
+    Returns:
+        ``(model, tokenizer)``, the model in eval mode.
+
+    Raises:
+        ConvertError: for a directory that is not a converted checkpoint or has no tokenizer, or a
+            bad override (listing the valid values).
+    """
+    path, config = _read_converted_config(directory)
+    if passes is not None and (not _is_int(passes) or passes < 1):
+        raise ConvertError(f"passes (N) must be an integer >= 1, got {passes!r}")
+    if window is not None:
+        if not _is_int(window) or window < 1:
+            raise ConvertError(f"window (L) must be an integer >= 1, got {window!r}")
+        _check_window_limit(window, config.base_config, "the base model")
+    if eviction is not None and eviction not in EVICTION_MODES:
+        raise ConvertError(f"eviction must be one of {', '.join(EVICTION_MODES)}, got {eviction!r}")
+    if not _has_tokenizer_files(path):
+        raise ConvertError(f"{os.fspath(directory)!r} has no tokenizer files; it cannot generate from text")
+    overrides = {
+        k: v for k, v in dict(passes=passes, window=window, eviction=eviction).items() if v is not None
+    }
+    with _quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(path, **overrides).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
+
+
+@dataclass
+class GenerationReport:
+    """What :func:`timed_generate` measured. Times in seconds.
+
+    ``wake_seconds`` holds one entry per decode step after the first token: the forward of one
+    token minus any consolidation that step triggered (a chunk filled up), i.e. the wake cost.
+    """
+
+    completion: str
+    prompt_tokens: int
+    new_tokens: int
+    settings: SleepSettings
+    ingestion_seconds: float
+    prompt_consolidations: int
+    prompt_consolidation_seconds: float
+    consolidations: int
+    consolidation_seconds: float
+    evictions: int
+    tokens_consumed: int
+    wake_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def median_wake_seconds(self) -> float | None:
+        return statistics.median(self.wake_seconds) if self.wake_seconds else None
+
+    @property
+    def amortised_consolidation_seconds(self) -> float:
+        """Consolidation time spread over every token consumed (prompt and generated)."""
+        return self.consolidation_seconds / self.tokens_consumed if self.tokens_consumed else 0.0
+
+
+class _StepClock(LogitsProcessor):
+    """Called by generate() once after every forward: records the time and the cache's
+    consolidation totals, leaving the scores untouched."""
+
+    def __init__(self, cache: SleepCache, bar: tqdm) -> None:
+        self.cache, self.bar = cache, bar
+        self.marks: list[tuple[float, int, float]] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        stats = self.cache.stats
+        self.marks.append((time.perf_counter(), stats["consolidations"], stats["consolidation_seconds"]))
+        self.bar.update()
+        return scores
+
+
+def timed_generate(
+    model: SleepRetrofitForCausalLM,
+    tokenizer,
+    prompt: str,
+    *,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    warmup: bool = True,
+    progress: bool = True,
+) -> GenerationReport:
+    """Generate a completion of `prompt` with ``model.generate`` on a SleepCache of our own, and
+    time prompt ingestion, consolidation and per-token wake decoding.
+
+    Sampling (``do_sample``) draws from the whole vocabulary at ``temperature``; ``seed`` seeds it.
+    With ``warmup`` the first chunk of the prompt and one decode step are run once on a scratch
+    cache before timing: the first calls of torch ops on CPU can be 10-100x slower than later ones
+    and would otherwise dominate short runs.
+
+    Raises:
+        ConvertError: for an empty prompt, max_new_tokens < 1 or temperature <= 0.
+    """
+    if not isinstance(prompt, str) or not prompt:
+        raise ConvertError("prompt must be a non-empty string")
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        raise ConvertError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ConvertError(f"temperature must be > 0, got {temperature!r}")
+    encoded = tokenizer(prompt, return_tensors="pt")
+    input_ids = encoded["input_ids"]
+    if input_ids.shape[1] == 0:
+        raise ConvertError("prompt encodes to no tokens")
+    if warmup:
+        with torch.no_grad():
+            scratch = SleepCache()
+            head = input_ids[:, : model.engine().settings.window]  # one chunk: a wake pass + a consolidation
+            model(head, cache=scratch, logits_to_keep=1)
+            model(head[:, :1], cache=scratch, logits_to_keep=1)  # a one-token decode step
+    cache = SleepCache()
+    sampling = {"do_sample": True, "temperature": float(temperature), "top_k": 0, "top_p": 1.0}
+    with (
+        tqdm(
+            total=max_new_tokens, desc="generate", unit="tok", disable=None if progress else True, leave=False
+        ) as bar,
+        _quiet_transformers(),
+    ):
+        clock = _StepClock(cache, bar)
+        torch.manual_seed(seed)
+        began = time.perf_counter()
+        output = model.generate(
+            input_ids,
+            attention_mask=encoded.get("attention_mask"),
+            cache=cache,
+            max_new_tokens=max_new_tokens,
+            logits_processor=LogitsProcessorList([clock]),
+            **(sampling if do_sample else {"do_sample": False}),
+        )
+    prompt_tokens = input_ids.shape[1]
+    new_ids = output[0, prompt_tokens:]
+    first_time, prompt_count, prompt_seconds = clock.marks[0]
+    wake = []
+    for (t0, _, c0), (t1, _, c1) in zip(clock.marks[:-1], clock.marks[1:], strict=True):
+        wake.append((t1 - t0) - (c1 - c0))
+    return GenerationReport(
+        completion=tokenizer.decode(new_ids, skip_special_tokens=False),
+        prompt_tokens=prompt_tokens,
+        new_tokens=int(new_ids.numel()),
+        settings=model.engine().settings,
+        ingestion_seconds=first_time - began,
+        prompt_consolidations=prompt_count,
+        prompt_consolidation_seconds=prompt_seconds,
+        consolidations=cache.stats["consolidations"],
+        consolidation_seconds=cache.stats["consolidation_seconds"],
+        evictions=cache.stats["evictions"],
+        tokens_consumed=cache.seen_tokens,
+        wake_seconds=wake,
+    )
