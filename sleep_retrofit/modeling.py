@@ -11,6 +11,7 @@ after ``import sleep_retrofit`` no remote code is needed at all.
 from __future__ import annotations
 
 import os
+from collections.abc import ItemsView, Iterator, KeysView, ValuesView
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,13 @@ class SleepRetrofitConfig(PreTrainedConfig):
             for name in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"):
                 kwargs.setdefault(name, getattr(base_config, name, None))
             kwargs.setdefault("tie_word_embeddings", getattr(base_config, "tie_word_embeddings", False))
+        # PreTrainedConfig.__init__ sets attn_implementation (None unless given) on every sub-config.
+        # from_base shares the loaded base model's config: left at None, that model's own forward
+        # would lose its causal mask. Keep the implementation it was loaded with.
+        base_attention = getattr(base_config, "_attn_implementation_internal", None)
         super().__init__(**kwargs)
+        if base_attention is not None and "attn_implementation" not in kwargs:
+            base_config._attn_implementation_internal = base_attention
         if base_config is not None:
             self.sleep_settings()  # validate now: a bad N or L fails at conversion, not mid-generation
 
@@ -92,6 +99,38 @@ class SleepRetrofitConfig(PreTrainedConfig):
 
     def plan(self) -> FastWeightPlan:
         return FastWeightPlan.from_dict(self.fast_weights) if self.fast_weights else FastWeightPlan("jet", [])
+
+
+class FastWeightBlocks(nn.Module):
+    """The inserted blocks by base-layer index (a string, so state-dict keys are ``{layer}.*``).
+
+    A plain Module, not ``nn.ModuleDict``: PEFT refuses to wrap containers, and
+    ``modules_to_save=["fast_weights"]`` must train and save every block. The engine reads the
+    blocks through ``items()``, which PEFT's wrapper hands on to its active copy.
+    """
+
+    def __init__(self, blocks: dict[str, nn.Module]) -> None:
+        super().__init__()
+        for name, block in blocks.items():
+            self.add_module(name, block)
+
+    def items(self) -> ItemsView[str, nn.Module]:
+        return self._modules.items()
+
+    def keys(self) -> KeysView[str]:
+        return self._modules.keys()
+
+    def values(self) -> ValuesView[nn.Module]:
+        return self._modules.values()
+
+    def __getitem__(self, name: str | int) -> nn.Module:
+        return self._modules[str(name)]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._modules)
 
 
 class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMixin):
@@ -113,13 +152,16 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
     def __init__(self, config: SleepRetrofitConfig, base_model: PreTrainedModel | None = None) -> None:
         super().__init__(config)
         resolve_family(config.base_config)  # clear error for an unsupported family
+        # Again here: from_pretrained(dir, passes=0) sets load-time overrides after the config's
+        # __init__ ran, so only the model sees them.
+        config.sleep_settings()
         if base_model is None:
             base_model = AutoModelForCausalLM.from_config(config.base_config)
         else:
             for module in base_model.modules():  # already initialised (loaded): post_init must not touch it
                 module._is_hf_initialized = True
         self.base = base_model
-        self.fast_weights = build_fast_weight_blocks(config.base_config, config.plan())
+        self.fast_weights = FastWeightBlocks(build_fast_weight_blocks(config.base_config, config.plan()))
         self.post_init()
 
     # ----------------------------------------------------------------- building
@@ -145,6 +187,22 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         model = cls(config, base_model=base_model)
         return model.to(dtype=next(base_model.parameters()).dtype)
 
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any):
+        """transformers' loading (plus strict checks), then unaligned tensors copied to fresh memory.
+
+        Loaded CPU tensors can start at addresses that are not 64-byte aligned (a checkpoint with
+        odd-sized tensors such as ``A_log`` [H]); CPU kernels then take other vectorised paths and
+        the logits differ from the saved model's in the last bits. The copies keep
+        "save -> load -> identical logits"."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        with torch.no_grad():
+            for tensor in [*model.parameters(), *model.buffers()]:
+                if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+                    tensor.data = tensor.data.clone()
+        return loaded
+
     def _init_weights(self, module: nn.Module) -> None:
         # Base-model modules are initialised by the base model's own rules; inserted blocks
         # keep their constructors' init with the output projections zeroed (identity).
@@ -168,11 +226,36 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         settings = self.config.sleep_settings(**overrides)
         blocks = {int(k): block for k, block in self.fast_weights.items()}
         # Keyed by module identity too: PEFT swaps modules (e.g. modules_to_save wrappers).
-        key = (settings, id(self.base), tuple((k, id(b)) for k, b in blocks.items()))
+        # The head and embeddings too: modules_to_save=["lm_head"] swaps only the head.
+        ends = (self.base.get_input_embeddings(), self.base.get_output_embeddings())
+        checkpoint = self.is_activation_checkpointing
+        key = (
+            settings,
+            checkpoint,
+            id(self.base),
+            *map(id, ends),
+            tuple((k, id(b)) for k, b in blocks.items()),
+        )
         engines = self.__dict__.setdefault("_engines", {})
         if key not in engines:
-            engines[key] = SleepEngine(build_stack(self.base, blocks, settings.loop_span), settings)
+            stack = build_stack(self.base, blocks, settings.loop_span)
+            engines[key] = SleepEngine(stack, settings, checkpoint_passes=checkpoint)
         return engines[key]
+
+    # Activation checkpointing is per consolidation pass: the part that costs N times.
+    # (transformers' gradient_checkpointing_enable/disable route here.)
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs=None, every_n_layers=1, offload=False
+    ):
+        """Recompute each consolidation pass in backward instead of storing its activations."""
+        self.__dict__["_checkpoint_passes"] = True
+
+    def activation_checkpointing_disable(self) -> None:
+        self.__dict__["_checkpoint_passes"] = False
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return self.__dict__.get("_checkpoint_passes", False)
 
     # ----------------------------------------------------------------- forward
     def forward(

@@ -19,7 +19,38 @@ from transformers.cache_utils import Cache
 from ..layers.state import FastWeightState
 
 
-class SleepCache(Cache):
+class FastWeightStates:
+    """Named fast-weight states, as every family's stateful blocks read and write them:
+    inserted blocks by key, Jet-Nemotron's own jet layers by layer index."""
+
+    states: dict[str, FastWeightState]
+
+    def get_state(self, key: str) -> FastWeightState | None:
+        return self.states.get(key)
+
+    def set_state(self, key: str, state: FastWeightState) -> None:
+        self.states[key] = state
+
+    def get_jet_state(self, layer_idx: int) -> FastWeightState | None:
+        return self.states.get(f"jet.{layer_idx}")
+
+    def update_jet_state(self, state: FastWeightState, layer_idx: int, num_tokens: int) -> None:
+        self.states[f"jet.{layer_idx}"] = state
+
+
+class ConsolidationView(FastWeightStates):
+    """What blocks see during consolidation passes: attention stays within the chunk (``update``
+    stores nothing), fast-weight states live in `states` (the cache's own dict, or a private
+    one when a pass is recomputed for activation checkpointing)."""
+
+    def __init__(self, states: dict[str, FastWeightState]):
+        self.states = states
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        return key_states, value_states
+
+
+class SleepCache(FastWeightStates, Cache):
     """The cache of a model running under sleep (see module docstring)."""
 
     is_compileable = False
@@ -84,18 +115,6 @@ class SleepCache(Cache):
             value_states = torch.cat([self.values[layer_idx], value_states], dim=-2)
         self.keys[layer_idx], self.values[layer_idx] = key_states, value_states
         return key_states, value_states
-
-    def get_state(self, key: str) -> FastWeightState | None:
-        return self.states.get(key)
-
-    def set_state(self, key: str, state: FastWeightState) -> None:
-        self.states[key] = state
-
-    def get_jet_state(self, layer_idx: int) -> FastWeightState | None:
-        return self.states.get(f"jet.{layer_idx}")
-
-    def update_jet_state(self, state: FastWeightState, layer_idx: int, num_tokens: int) -> None:
-        self.states[f"jet.{layer_idx}"] = state
 
     # ------------------------------------------------------------- engine bookkeeping
     def record_keys(self, positions: torch.Tensor, valid: torch.Tensor) -> None:

@@ -25,32 +25,21 @@ import time
 
 import torch
 
-from .cache import SleepCache
+from .cache import ConsolidationView, SleepCache
 from .masks import attention_bias
 from .settings import SleepSettings
 from .stack import PassContext, StackView
 
 
-class _ChunkView:
-    """The cache as consolidation passes see it: attention stays within the chunk (nothing is
-    stored), fast-weight states are read and written as usual."""
-
-    def __init__(self, cache: SleepCache):
-        self.cache = cache
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        return key_states, value_states
-
-    def __getattr__(self, name):  # get_state / set_state / get_jet_state / update_jet_state
-        return getattr(self.cache, name)
-
-
 class SleepEngine:
     """Runs a :class:`StackView` under :class:`SleepSettings`."""
 
-    def __init__(self, stack: StackView, settings: SleepSettings):
+    def __init__(self, stack: StackView, settings: SleepSettings, checkpoint_passes: bool = False):
+        """checkpoint_passes: recompute consolidation passes in backward instead of keeping
+        their activations (activation checkpointing per pass, for training with large N)."""
         self.stack = stack
         self.settings = settings
+        self.checkpoint_passes = checkpoint_passes
 
     # ------------------------------------------------------------------ public
     def new_cache(self) -> SleepCache:
@@ -150,8 +139,8 @@ class SleepEngine:
             embeds, valid = cache.chunk_embeds, cache.chunk_valid
             first = cache.seen_tokens - embeds.shape[1]
             positions = torch.arange(first, cache.seen_tokens, device=embeds.device)
-            ctx = self._context(embeds, positions, positions, valid, valid, _ChunkView(cache))
-            self.stack.consolidate(embeds, ctx, self.settings.passes)
+            ctx = self._context(embeds, positions, positions, valid, valid, ConsolidationView(cache.states))
+            self.stack.consolidate(embeds, ctx, self.settings.passes, self.checkpoint_passes)
             cache.stats["consolidations"] += 1
             cache.stats["consolidation_seconds"] += time.perf_counter() - began
         if self.settings.eviction == "hard":

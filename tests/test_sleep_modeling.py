@@ -1,0 +1,383 @@
+"""SleepRetrofitForCausalLM: conversion is the identity, generation across evictions equals the
+teacher-forced training forward, checkpoints round-trip through AutoModelForCausalLM (after
+``import sleep_retrofit`` and through the trust_remote_code shim), settings are overridable at load
+time and per call and validated, the labels path computes the loss it claims, and batched / beam
+generation agree with their unbatched, teacher-forced counterparts (design.md, "Invariants" 3, 8).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FIXTURES, requires_cuda
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    DynamicCache,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+import sleep_retrofit  # noqa: F401  (registers the native families and the converted model)
+from sleep_retrofit.modeling import SHIM_MODULE, SleepRetrofitConfig, SleepRetrofitForCausalLM
+from sleep_retrofit.sleep import SleepCache, SleepSettings
+
+L = 8
+FAMILIES = ("llama", "jet_nemotron", "ouro")
+ATOL = 1e-4
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny models are dispatch-bound: one thread is faster and steadier on a busy 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(config_class=LlamaConfig, **overrides):
+    values = dict(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=None,
+        eos_token_id=None,  # greedy runs of a random model must not stop early
+        pad_token_id=0,
+    )
+    values.update(overrides)
+    return config_class(**values)
+
+
+def load_base(family: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    if family == "llama":
+        return LlamaForCausalLM(tiny_config()).eval()
+    if family == "qwen2":
+        return Qwen2ForCausalLM(tiny_config(Qwen2Config)).eval()
+    directory = {"jet_nemotron": "jet_nemotron_tiny", "ouro": "ouro_tiny"}[family]
+    return AutoModelForCausalLM.from_pretrained(FIXTURES / directory).eval()
+
+
+def randomise_fast_weights(model: SleepRetrofitForCausalLM, seed: int = 1) -> None:
+    """Inserted blocks are the identity at insertion; give their output projections weights."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in model.fast_weights.values():
+            for projection in block.output_projections():
+                projection.weight.copy_(0.05 * torch.randn(projection.weight.shape, generator=generator))
+
+
+def convert(family: str, **settings) -> SleepRetrofitForCausalLM:
+    settings = {"window": L, **settings}
+    model = SleepRetrofitForCausalLM.from_base(load_base(family), settings=SleepSettings(**settings)).eval()
+    randomise_fast_weights(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, SleepRetrofitForCausalLM]:
+    """Converted models (window L, N=1, hard), non-trivial fast weights; read-only for the tests."""
+    return {family: convert(family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def saved(models, tmp_path_factory) -> dict[str, Path]:
+    directories = {}
+    for family, model in models.items():
+        directories[family] = tmp_path_factory.mktemp(family)
+        model.save_pretrained(directories[family])
+    return directories
+
+
+def random_ids(batch: int, length: int, seed: int = 0, vocab: int = 100) -> torch.Tensor:
+    return torch.randint(1, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------ conversion is the identity
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "jet_nemotron", "ouro"])
+def test_converted_logits_equal_base_logits(family):
+    base = load_base(family)
+    ids = random_ids(2, 30, seed=1)
+    with torch.no_grad():
+        expected = base(ids).logits
+        model = SleepRetrofitForCausalLM.from_base(base, settings=SleepSettings(window=64)).eval()
+        assert len(model.fast_weights) == (0 if family == "jet_nemotron" else 2)  # the default plans
+        for passes, eviction in ((1, "hard"), (1, "sliding"), (3, "hard")):
+            logits = model(ids, passes=passes, eviction=eviction).logits
+            torch.testing.assert_close(logits, expected, atol=ATOL, rtol=ATOL)
+        # Converting must leave the base model usable on its own (it shares modules and config).
+        torch.testing.assert_close(base(ids).logits, expected)
+
+
+# ------------------------------------------------------------ generation == teacher forcing
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+def test_generation_across_evictions_equals_teacher_forced_training_forward(models, family, eviction):
+    """30 new tokens after a 13-token prompt with L=8: five evictions during generation, each
+    consolidating generated tokens with N=3 passes from the chunk-start snapshot."""
+    model = models[family]
+    prompt = random_ids(1, 13, seed=2)
+    with torch.no_grad():
+        generated = model.generate(
+            prompt,
+            max_new_tokens=30,
+            do_sample=False,
+            passes=3,
+            eviction=eviction,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        sequence = generated.sequences
+        assert sequence.shape == (1, 43)
+        step_logits = torch.stack(generated.logits, dim=1)  # [1, 30, vocab]
+        labels = sequence.clone()
+        labels[:, :13] = -100  # the training forward: prompt as context, generated tokens as targets
+        forced = model(sequence, labels=labels, passes=3, eviction=eviction)
+    assert forced.logits.shape == step_logits.shape
+    assert torch.equal(forced.logits.argmax(-1), sequence[:, 13:])
+    torch.testing.assert_close(forced.logits, step_logits, atol=ATOL, rtol=ATOL)
+
+
+# ------------------------------------------------------------ save -> load
+
+
+def test_saved_directory_layout(saved):
+    directory = saved["llama"]
+    assert (directory / "model.safetensors").is_file()
+    assert (directory / f"{SHIM_MODULE}.py").is_file()
+    config = json.loads((directory / "config.json").read_text())
+    assert config["model_type"] == "sleep_retrofit"
+    assert config["auto_map"]["AutoModelForCausalLM"] == f"{SHIM_MODULE}.SleepRetrofitForCausalLM"
+    assert config["base_config"]["model_type"] == "llama"
+    assert (config["passes"], config["window"], config["eviction"]) == (1, L, "hard")
+    assert config["fast_weights"]["insert_after"] == [3, 7]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("trust_remote_code", [False, True])
+def test_save_load_identical_logits(models, saved, family, trust_remote_code):
+    ids = random_ids(2, 3 * L + 5, seed=3)
+    loaded = AutoModelForCausalLM.from_pretrained(saved[family], trust_remote_code=trust_remote_code).eval()
+    assert isinstance(loaded, SleepRetrofitForCausalLM)
+    with torch.no_grad():
+        for passes in (1, 3):
+            assert torch.equal(loaded(ids, passes=passes).logits, models[family](ids, passes=passes).logits)
+
+
+def test_trust_remote_code_loads_without_importing_the_package(models, saved, tmp_path):
+    """A fresh interpreter that never imported sleep_retrofit: the shim in the checkpoint does."""
+    ids = random_ids(2, 3 * L + 5, seed=4)
+    torch.save(ids, tmp_path / "ids.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import torch
+        from transformers import AutoModelForCausalLM
+        assert "sleep_retrofit" not in sys.modules
+        torch.set_num_threads(1)  # as in this process: the same reductions, bitwise the same logits
+        model = AutoModelForCausalLM.from_pretrained({str(saved["llama"])!r}, trust_remote_code=True).eval()
+        with torch.no_grad():
+            logits = model(torch.load({str(tmp_path / "ids.pt")!r}), passes=3).logits
+        torch.save(logits, {str(tmp_path / "logits.pt")!r})
+        print(type(model).__name__)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "SleepRetrofitForCausalLM" in result.stdout
+    with torch.no_grad():
+        expected = models["llama"](ids, passes=3).logits
+    assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)
+
+
+# ------------------------------------------------------------ settings: load time, per call, validation
+
+
+def test_load_time_overrides(models, saved):
+    loaded = AutoModelForCausalLM.from_pretrained(saved["llama"], passes=4, window=5, eviction="sliding")
+    assert (loaded.config.passes, loaded.config.window, loaded.config.eviction) == (4, 5, "sliding")
+    assert loaded.engine().settings == SleepSettings(passes=4, window=5, eviction="sliding")
+    ids = random_ids(2, 23, seed=5)
+    with torch.no_grad():
+        expected = models["llama"](ids, passes=4, window=5, eviction="sliding").logits
+        assert torch.equal(loaded(ids).logits, expected)
+        # and the overrides matter: the saved settings give other logits
+        assert (models["llama"](ids).logits - expected).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["llama", "ouro"])
+def test_per_call_overrides_in_forward_and_generate(models, saved, family):
+    model = models[family]
+    reference = AutoModelForCausalLM.from_pretrained(saved[family], passes=3, eviction="sliding").eval()
+    ids = random_ids(1, 3 * L + 5, seed=6)
+    with torch.no_grad():
+        per_call = model(ids, passes=3, eviction="sliding").logits
+        assert torch.equal(per_call, reference(ids).logits)
+        assert (per_call - model(ids).logits).abs().max() > 1e-3
+        prompt = ids[:, :13]
+        generated = model.generate(prompt, max_new_tokens=20, do_sample=False, passes=3, eviction="sliding")
+        assert torch.equal(generated, reference.generate(prompt, max_new_tokens=20, do_sample=False))
+        # an override for one call leaves the config alone
+        assert (model.config.passes, model.config.eviction) == (1, "hard")
+        assert model.engine().settings == SleepSettings(window=L)
+
+
+BAD_SETTINGS = [
+    ({"passes": 0}, "passes"),
+    ({"passes": 1.5}, "passes"),
+    ({"window": 0}, "window"),
+    ({"window": -3}, "window"),
+    ({"eviction": "soft"}, "eviction"),
+]
+
+
+@pytest.mark.parametrize(("bad", "name"), BAD_SETTINGS)
+def test_bad_settings_are_value_errors_naming_them(models, saved, bad, name):
+    model = models["llama"]
+    ids = random_ids(1, 5)
+    with pytest.raises(ValueError, match=name):
+        SleepSettings(**bad)
+    with pytest.raises(ValueError, match=name):
+        SleepRetrofitConfig(base_config=model.config.base_config, **bad)
+    with pytest.raises(ValueError, match=name):
+        AutoModelForCausalLM.from_pretrained(saved["llama"], **bad)
+    with pytest.raises(ValueError, match=name):
+        model(ids, **bad)
+    with pytest.raises(ValueError, match=name):
+        model.generate(ids, max_new_tokens=2, **bad)
+
+
+def test_foreign_cache_is_a_value_error(models):
+    with pytest.raises(ValueError, match="SleepCache"):
+        models["llama"](random_ids(1, 5), cache=DynamicCache())
+
+
+# ------------------------------------------------------------ the labels path
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_labels_loss_equals_manual_cross_entropy_over_targets(models, family):
+    model = models[family]
+    ids = random_ids(2, 3 * L + 5, seed=7)
+    labels = ids.clone()
+    labels[:, : 2 * L] = -100  # two context chunks
+    labels[0, 2 * L + 3] = -100  # rows with different targets
+    labels[1, -2:] = -100
+    with torch.no_grad():
+        out = model(ids, labels=labels, passes=3)
+        full = model(ids, passes=3).logits
+    targets = labels[:, 1:] != -100
+    wanted = targets.any(dim=0)  # positions whose next token is a target in some row
+    assert out.logits.shape == (2, int(wanted.sum()), full.shape[-1])
+    torch.testing.assert_close(out.logits, full[:, :-1][:, wanted], atol=ATOL, rtol=ATOL)
+    manual = nn.functional.cross_entropy(full[:, :-1][targets], labels[:, 1:][targets])
+    torch.testing.assert_close(out.loss, manual, atol=ATOL, rtol=ATOL)
+
+
+def test_labels_loss_is_differentiable(models):
+    model = copy.deepcopy(models["llama"]).train()
+    ids = random_ids(2, 2 * L + 5, seed=8)
+    labels = ids.clone()
+    labels[:, : 2 * L] = -100
+    model(ids, labels=labels, passes=2).loss.backward()
+    no_grad = [n for n, p in model.fast_weights.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not no_grad, f"fast-weight parameters without gradient: {no_grad}"
+
+
+# ------------------------------------------------------------ batched and beam generation
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+def test_left_padded_batched_generate_equals_unbatched(models, family, eviction):
+    model = models[family]
+    prompts = [random_ids(1, 13, seed=9), random_ids(1, 5, seed=10)]  # pads 0 and L
+    ids = torch.zeros(2, 13, dtype=torch.long)
+    mask = torch.zeros(2, 13, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, 13 - prompt.shape[1] :], mask[row, 13 - prompt.shape[1] :] = prompt[0], 1
+    settings = dict(max_new_tokens=20, do_sample=False, passes=3, eviction=eviction, pad_token_id=0)
+    with torch.no_grad():
+        batched = model.generate(ids, attention_mask=mask, **settings)
+        for row, prompt in enumerate(prompts):
+            alone = model.generate(prompt, **settings)
+            assert torch.equal(batched[row, 13 - prompt.shape[1] :], alone[0]), f"row {row}"
+
+
+@pytest.mark.parametrize("family", ["llama", "jet_nemotron"])
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+def test_beam_search_scores_equal_teacher_forced_log_probs(models, family, eviction):
+    """Beam search reorders the SleepCache (states, snapshot, chunk buffer, keys) every step; with
+    length_penalty=0 each beam's score is the sum of its tokens' log-probabilities, which the
+    teacher-forced forward must reproduce across the evictions during generation."""
+    model = models[family]
+    prompt = random_ids(1, 13, seed=11)
+    with torch.no_grad():
+        beams = model.generate(
+            prompt,
+            max_new_tokens=12,
+            num_beams=3,
+            num_return_sequences=3,
+            do_sample=False,
+            length_penalty=0.0,
+            output_scores=True,
+            return_dict_in_generate=True,
+            passes=3,
+            eviction=eviction,
+        )
+        sequences = beams.sequences
+        assert sequences.shape == (3, 25) and torch.equal(sequences[:, :13], prompt.expand(3, -1))
+        assert len({tuple(s.tolist()) for s in sequences}) == 3
+        logits = model(sequences, passes=3, eviction=eviction).logits[:, 12:-1]
+    log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, sequences[:, 13:, None])[..., 0].sum(-1)
+    torch.testing.assert_close(beams.sequences_scores, log_probs, atol=1e-3, rtol=1e-4)
+
+
+def test_generate_reports_evictions_in_its_cache(models):
+    cache = SleepCache()
+    with torch.no_grad():
+        models["llama"].generate(random_ids(1, 13, seed=12), max_new_tokens=20, do_sample=False, cache=cache)
+    assert cache.seen_tokens == 13 + 19  # the last generated token is never fed back
+    assert cache.stats["evictions"] == (13 + 19) // L
+    assert cache.attention_tokens == (13 + 19) % L
+
+
+# ------------------------------------------------------------ CUDA
+
+
+@requires_cuda
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cuda_conversion_is_the_identity_and_generates(family):
+    base = load_base(family).cuda()
+    ids = random_ids(2, 30, seed=13).cuda()
+    with torch.no_grad():
+        expected = base(ids).logits
+        model = SleepRetrofitForCausalLM.from_base(base, settings=SleepSettings(window=64)).eval()
+        torch.testing.assert_close(model(ids).logits, expected, atol=1e-3, rtol=1e-3)
+        generated = model.generate(ids[:1, :13], max_new_tokens=20, do_sample=False, window=L, passes=3)
+        labels = generated.clone()
+        labels[:, :13] = -100
+        forced = model(generated, labels=labels, window=L, passes=3).logits
+    assert torch.equal(forced.argmax(-1), generated[:, 13:])
