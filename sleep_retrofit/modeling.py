@@ -187,22 +187,6 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         model = cls(config, base_model=base_model)
         return model.to(dtype=next(base_model.parameters()).dtype)
 
-    @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any):
-        """transformers' loading (plus strict checks), then unaligned tensors copied to fresh memory.
-
-        Loaded CPU tensors can start at addresses that are not 64-byte aligned (a checkpoint with
-        odd-sized tensors such as ``A_log`` [H]); CPU kernels then take other vectorised paths and
-        the logits differ from the saved model's in the last bits. The copies keep
-        "save -> load -> identical logits"."""
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        with torch.no_grad():
-            for tensor in [*model.parameters(), *model.buffers()]:
-                if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
-                    tensor.data = tensor.data.clone()
-        return loaded
-
     def _init_weights(self, module: nn.Module) -> None:
         # Base-model modules are initialised by the base model's own rules; inserted blocks
         # keep their constructors' init with the output projections zeroed (identity).

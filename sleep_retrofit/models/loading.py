@@ -22,6 +22,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import torch
 from torch import nn
 
 __all__ = ["CheckpointMismatchError", "StrictLoadingMixin", "check_loading_info"]
@@ -96,4 +97,18 @@ class StrictLoadingMixin:
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )
         check_loading_info(model, info, source=f"checkpoint {str(pretrained_model_name_or_path)!r}")
+        realign_cpu_tensors(model)
         return (model, info) if want_info else model
+
+
+@torch.no_grad()
+def realign_cpu_tensors(model: nn.Module) -> None:
+    """Copy loaded CPU tensors that start at addresses not 64-byte aligned into fresh memory.
+
+    safetensors loads tensors in place inside the file buffer, so a checkpoint with odd-sized
+    tensors (``A_log`` [H]) leaves later tensors unaligned; CPU kernels then take other
+    vectorised paths and outputs differ from the saved model's in the last bits. The copies
+    keep "save -> load -> identical logits"."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+            tensor.data = tensor.data.clone()
