@@ -275,12 +275,11 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         if cache is not None and not isinstance(cache, SleepCache):
             raise ValueError(f"cache must be a SleepCache, got {type(cache).__name__}")
         engine = self.engine(passes=passes, window=window, eviction=eviction)
-        if inputs_embeds is None:
-            inputs_embeds = engine.stack.embed(input_ids)
-        length = inputs_embeds.shape[1]
+        inputs = input_ids if input_ids is not None else inputs_embeds  # ids are embedded per chunk
+        length = inputs.shape[1]
         padding = attention_mask[:, -length:] if attention_mask is not None else None
 
-        wanted = torch.zeros(length, dtype=torch.bool, device=inputs_embeds.device)
+        wanted = torch.zeros(length, dtype=torch.bool, device=inputs.device)
         if labels is not None:
             targets = labels[:, 1:] != -100
             wanted[:-1] = targets.any(dim=0)
@@ -291,7 +290,7 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
 
         if cache is None:
             cache = engine.new_cache()
-        hidden = engine.forward(inputs_embeds, cache, padding_mask=padding, output_positions=wanted)
+        hidden = engine.forward(inputs, cache, padding_mask=padding, output_positions=wanted)
         logits = engine.stack.head(hidden)
 
         loss = None

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import importlib
 import os
-from functools import lru_cache
-from typing import Any, Callable
+from collections.abc import Callable
+from functools import cache
+from typing import Any
 
 import torch
 
@@ -32,7 +33,7 @@ CUDA_KERNELS: dict[str, tuple[str, str]] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _import_kernel(name: str) -> Callable[..., Any] | None:
     module_name, attr = CUDA_KERNELS[name]
     try:

@@ -123,8 +123,9 @@ def _padded_channels_first(
 
 def _last_inputs(padded: torch.Tensor, width: int) -> torch.Tensor:
     """The last W-1 columns of the padded input (works for T < W-1 too: the padded input
-    always has at least W-1 columns). Written so W == 1 gives an empty [B, D, 0] state."""
-    return padded[..., padded.shape[-1] - (width - 1) :]
+    always has at least W-1 columns). Written so W == 1 gives an empty [B, D, 0] state.
+    A copy, not a view: a carried state must not keep the whole sequence's input alive."""
+    return padded[..., padded.shape[-1] - (width - 1) :].clone()
 
 
 # ----------------------------------------------------------------------------- static conv

@@ -15,7 +15,9 @@ def check_float(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
 
 
-def check_shape(name: str, tensor: torch.Tensor, expected: Sequence[int | str | None], *, what: str = "") -> None:
+def check_shape(
+    name: str, tensor: torch.Tensor, expected: Sequence[int | str | None], *, what: str = ""
+) -> None:
     """Check `tensor.shape` against `expected`; an int entry must match exactly, a str or None
     entry is a free dimension named in the message (e.g. ("B", "T", 4, 16))."""
     check_float(name, tensor)

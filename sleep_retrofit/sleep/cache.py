@@ -100,12 +100,9 @@ class SleepCache(FastWeightStates, Cache):
                 tensors += [state.recurrent, *state.conv]
         if self.chunk_embeds is not None:
             tensors.append(self.chunk_embeds)
-        seen, total = set(), 0
-        for t in tensors:
-            if id(t) not in seen:
-                seen.add(id(t))
-                total += t.numel() * t.element_size()
-        return total
+        # Count storages, not views: a view keeps its whole storage alive.
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+        return sum(storages.values())
 
     # ------------------------------------------------------------- what layers call
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
@@ -145,7 +142,8 @@ class SleepCache(FastWeightStates, Cache):
 
     def append_chunk(self, embeds: torch.Tensor, valid: torch.Tensor, woken: bool) -> None:
         if self.chunk_embeds is None:
-            self.chunk_embeds, self.chunk_valid = embeds, valid
+            # A copy: a view would keep the caller's whole input alive while the chunk fills.
+            self.chunk_embeds, self.chunk_valid = embeds.clone(), valid.clone()
         else:
             self.chunk_embeds = torch.cat([self.chunk_embeds, embeds], dim=1)
             self.chunk_valid = torch.cat([self.chunk_valid, valid], dim=1)

@@ -47,19 +47,22 @@ class SleepEngine:
 
     def forward(
         self,
-        inputs_embeds: torch.Tensor,
+        inputs: torch.Tensor,
         cache: SleepCache,
         padding_mask: torch.Tensor | None = None,
         output_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Consume `inputs_embeds` [B, T, hidden] after what `cache` holds.
+        """Consume `inputs` after what `cache` holds: token ids [B, T] (embedded one chunk at a
+        time, so a long prompt never exists as one [B, T, hidden] tensor) or embeddings
+        [B, T, hidden].
 
         padding_mask: [B, T] 1/0 (1 = real token); None = nothing padded.
         output_positions: [T] bool, the positions whose final hidden states are wanted (None = all).
         Returns the final hidden states of the wanted positions, [B, wanted, hidden], in order.
         """
-        batch, length, _ = inputs_embeds.shape
-        device = inputs_embeds.device
+        batch, length = inputs.shape[:2]
+        device = inputs.device
+        embed = self.stack.embed if not inputs.is_floating_point() else (lambda segment: segment)
         valid = (
             torch.ones(batch, length, dtype=torch.bool, device=device)
             if padding_mask is None
@@ -80,7 +83,7 @@ class SleepEngine:
             # A complete chunk nobody reads is only consolidated (Algorithm 1's context chunk);
             # sliding eviction always wakes, since the window keeps wake-pass keys/values.
             woken = wants or not completes or self.settings.eviction == "sliding"
-            embeds, seg_valid = inputs_embeds[:, start:stop], valid[:, start:stop]
+            embeds, seg_valid = embed(inputs[:, start:stop]), valid[:, start:stop]
             if woken:
                 hidden = self._wake(embeds, seg_valid, cache)
                 if wants:
@@ -90,7 +93,8 @@ class SleepEngine:
                 self._evict(cache)
             start = stop
         if not outputs:
-            return inputs_embeds.new_zeros(batch, 0, inputs_embeds.shape[-1])
+            hidden_size = self.stack.embed.weight.shape[-1]
+            return torch.zeros(batch, 0, hidden_size, device=device, dtype=self.stack.embed.weight.dtype)
         return torch.cat(outputs, dim=1)
 
     # ------------------------------------------------------------------ passes
