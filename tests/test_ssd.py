@@ -244,6 +244,52 @@ def test_state_carry_across_any_split(split, scan_name):
     assert rel_err(state, f_full) < TOL
 
 
+@pytest.mark.parametrize("needs_grad", [False, True])
+def test_chunk_groups_and_batch_blocks_do_not_change_results(monkeypatch, needs_grad):
+    # The chunked scan builds its per-chunk tensors a group of chunks at a time and runs the
+    # batch in blocks; a long sequence with a small chunk (T not a multiple of it) must give the
+    # same outputs, final state and gradients with one chunk per group and one batch element per
+    # block as with the whole sequence and batch at once.
+    import sleep_retrofit.kernels.ssd as ssd_module
+
+    args, kwargs = make_inputs(B=3, T=203, H=4, P=3, G=2, N=5, seed=11)
+    results = []
+    for group_elements, block_elements in ((1, 1), (1 << 30, 1 << 30), (200, 100)):
+        monkeypatch.setattr(ssd_module, "_GROUP_ELEMENTS", group_elements)
+        monkeypatch.setattr(ssd_module, "_BLOCK_STATE_ELEMENTS", block_elements)
+        leaves = {k: v.clone().requires_grad_(needs_grad) for k, v in args.items()}
+        y, final = ssd_chunk_scan(**leaves, **kwargs, output_final_state=True, chunk_size=4)
+        grads = (
+            torch.autograd.grad((y * y.detach()).sum() + final.sum(), list(leaves.values()))
+            if needs_grad
+            else ()
+        )
+        results.append((y.detach(), final.detach(), grads))
+    (y_ref, f_ref, g_ref), *others = results
+    y_seq, f_seq = ssd_sequential_scan(**args, **kwargs, output_final_state=True)
+    assert rel_err(y_ref, y_seq) < TOL and rel_err(f_ref, f_seq) < TOL
+    for y, final, grads in others:
+        assert rel_err(y, y_ref) < 1e-6 and rel_err(final, f_ref) < 1e-6
+        for g, g0 in zip(grads, g_ref, strict=True):
+            assert rel_err(g, g0) < 1e-6
+
+
+def test_chunk_scan_long_decay_stays_accurate():
+    # A long chunk with strong decay: the cumulative log decay reaches ~-500 inside a chunk while
+    # neighbouring tokens still matter (exp(-2) per token), and most decays inside the chunk fall
+    # below the floor the kernel clamps them to (exp(-61)): against a float64 reference the
+    # outputs and final state must keep float32 accuracy.
+    args, kwargs = make_inputs(B=1, T=300, H=2, P=3, G=1, N=4, seed=12, options=(True, False, False, True))
+    args["dt"] = torch.full_like(args["dt"], 2.0) + 0.01 * args["dt"]
+    args["A"] = torch.tensor([-1.0, -0.9])
+    y_chunk, f_chunk = ssd_chunk_scan(**args, **kwargs, output_final_state=True, chunk_size=256)
+    args64 = {k: v.double() for k, v in args.items()}
+    kwargs64 = {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+    y_true, f_true = ssd_sequential_scan(**args64, **kwargs64, output_final_state=True)
+    assert rel_err(y_chunk.double(), y_true) < TOL
+    assert rel_err(f_chunk.double(), f_true) < TOL
+
+
 def test_empty_sequence_keeps_state():
     args, kwargs = make_inputs(B=2, T=0, H=2, P=3, G=1, N=4, seed=0)
     for scan in (ssd_chunk_scan, ssd_sequential_scan):

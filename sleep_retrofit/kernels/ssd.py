@@ -14,10 +14,17 @@ recurrence unrolls into a masked quadratic form, like attention with a decay mas
     y_i = sum_{j<=i in chunk} (C_i . B_j) exp(sum_{j<k<=i} a_k) dt'_j x_j
           + exp(sum_{k<=i in chunk} a_k) S_start C_i + D x_i,          a_k = dt'_k * A
 
-with the decay sums taken as segment sums of log decays (exact sums, no differences of large
-cumulative sums, so long chunks keep float32 precision). Across chunks only the state S is
-passed, in a loop over chunks. T need not be a multiple of chunk_size: the tail is padded with
-dt' = 0, which neither decays nor writes the state.
+with the decay sums exp(gamma_i - gamma_j) taken from cumulative log decays summed in float64
+inside each chunk (so no float32 cancellation however large they grow). Across chunks only the
+state S is passed, in a loop over chunks. T need not be a multiple of chunk_size: the tail is
+padded with dt' = 0, which neither decays nor writes the state.
+
+CPU layout: chunks are processed a bounded group at a time (about 1 MiB per temporary, see
+_GROUP_ELEMENTS) and batch elements in blocks whose states stay in cache, so memory beyond the
+inputs and outputs does not grow with T. The heads sharing a B/C group are laid side by side:
+C B^T is computed once per group, and the state read C S^T and write X^T B are one wide matmul
+per group and chunk. Decays below exp(-61) (float32) are rounded up to it, to keep the
+arithmetic out of the (slow) denormal range; see _log_decay_floor.
 
 Numerics: everything runs in float32, or in float64 when an input is float64 (then the state
 is float64 too, which keeps torch.autograd.gradcheck usable); outputs are cast to x.dtype.
@@ -34,6 +41,8 @@ gradients needed) to selective_state_update, when they import (backends.py).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -112,20 +121,6 @@ def _time_step(
     return F.softplus(dt) if dt_softplus else dt
 
 
-def _segment_sum(log_decay: torch.Tensor) -> torch.Tensor:
-    """[..., L] -> [..., L, L] with out[..., i, j] = sum_{j<k<=i} log_decay[k] for j <= i and
-    -inf above the diagonal, so exp() gives the causal decay mask. Each entry is a direct sum
-    (a cumsum over a masked copy) rather than cumsum[i] - cumsum[j], which would cancel
-    catastrophically once the cumulative sums grow large."""
-    length = log_decay.shape[-1]
-    ones = torch.ones(length, length, dtype=torch.bool, device=log_decay.device)
-    # terms[..., k, j] = log_decay[k] where k > j, else 0; cumsum over k sums (j, i].
-    terms = log_decay.unsqueeze(-1).expand(*log_decay.shape, length)
-    terms = terms.masked_fill(~torch.tril(ones, diagonal=-1), 0.0)
-    sums = terms.cumsum(dim=-2)
-    return sums.masked_fill(~torch.tril(ones), float("-inf"))
-
-
 def _pad_time(tensor: torch.Tensor, pad: int) -> torch.Tensor:
     """Zero-pad dim 1 (time) at the end by `pad` steps."""
     if pad == 0:
@@ -133,7 +128,149 @@ def _pad_time(tensor: torch.Tensor, pad: int) -> torch.Tensor:
     return torch.cat([tensor, tensor.new_zeros(tensor.shape[0], pad, *tensor.shape[2:])], dim=1)
 
 
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 # ----------------------------------------------------------------------------- chunked scan
+
+# The chunked scan builds its intra-chunk tensors (decay masks, scores, x in per-head layout)
+# for a group of chunks at a time, about this many elements per tensor (1 MiB of float32).
+# Small groups keep the working set in cache and let the allocator reuse memory instead of
+# mapping fresh pages, and bound the transient memory at any T. The group size does not
+# change the result.
+_GROUP_ELEMENTS = 1 << 18
+
+# ... and runs the scan over blocks of whole batch elements whose states hold about this many
+# elements (2 MiB of float32; always at least one batch element, since splitting the heads of
+# a group would narrow the state matmuls). Each chunk streams the block's states through two
+# matmuls, which then stay in cache. Blocking does not change the result either.
+_BLOCK_STATE_ELEMENTS = 1 << 19
+
+
+def _to_chunks(tensor: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """[B, n*L, S, ...] -> contiguous [n, B*S, L, ...]: chunk index outermost, then (batch,
+    group) as the matmul batch, then the chunk's tokens."""
+    batch, length, streams = tensor.shape[:3]
+    tensor = tensor.reshape(batch, length // chunk_size, chunk_size, streams, *tensor.shape[3:])
+    tensor = tensor.permute(1, 0, 3, 2, *range(4, tensor.dim()))  # [n, B, S, L, ...]
+    return tensor.reshape(length // chunk_size, batch * streams, chunk_size, *tensor.shape[4:])
+
+
+def _time_slice(tensor: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """tensor[:, start:stop], zero-padded at the end where stop runs past T (the last chunk)."""
+    return _pad_time(tensor[:, start:stop], max(0, stop - tensor.shape[1]))
+
+
+def _log_decay_floor(dtype: torch.dtype) -> float:
+    """Log decays are clamped from below at 0.7 * log(smallest normal) (-61 in float32): the
+    decays they would give are > 26 orders of magnitude below the unit decay every output row
+    and state has, so far below rounding, and keeping them (and their products) normal numbers
+    avoids x86's slow denormal arithmetic (exp of -100 or -inf ran 6-15x slower than of -50)."""
+    return 0.7 * math.log(torch.finfo(dtype).tiny)
+
+
+def _chunk_scan_block(
+    x: torch.Tensor,
+    step: torch.Tensor,
+    A: torch.Tensor,
+    Bm: torch.Tensor,
+    Cm: torch.Tensor,
+    state: torch.Tensor,
+    chunk_size: int,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The chunked scan (without the D skip) for one block of batch elements: x [b, T, H, P],
+    step = dt' [b, T, H], A [H], Bm/Cm [b, T, G, N], state [b, H, P, N], all in the compute
+    dtype. T is padded up to whole chunks here, a group of chunks at a time.
+
+    Returns (y [b, T', H, P], final state [b, H, P, N]) with T' = T rounded up to whole chunks.
+    With `out` (a [b, T', H, P] tensor; no autograd) y is written there, None is returned in
+    its place, and temporaries (the state included) are updated in place.
+    """
+    batch, seq_len, heads, head_dim = x.shape
+    groups, state_dim = Bm.shape[2], Bm.shape[3]
+    per_group = heads // groups
+    L = chunk_size
+    num_chunks = -(-seq_len // L)
+    chunks_per_group = max(1, min(num_chunks, _GROUP_ELEMENTS // (batch * heads * L * max(L, head_dim))))
+    floor = _log_decay_floor(x.dtype)
+    in_place = out is not None
+
+    # Heads of a B/C group side by side: the state as [b*G, R*P, N] and x as [.., L, R*P], so
+    # that reading the state (C S^T) and writing it (X^T B) are one wide matmul per group.
+    state = state.reshape(batch * groups, per_group * head_dim, state_dim)
+    outputs = []  # per chunk, [b, L, H, P] (autograd only)
+    for first in range(0, num_chunks, chunks_per_group):
+        n = min(chunks_per_group, num_chunks - first)
+        start, stop = first * L, (first + n) * L
+        # Padded steps have dt' = 0: decay 1 and no write, so the final state is exact.
+        step_c = _to_chunks(_time_slice(step, start, stop).view(batch, n * L, groups, per_group), L)
+        # dt' x, chunk-major [n, b*G, L, R, P], in one pass (dt' folded in as it is copied)
+        x_c = _time_slice(x, start, stop).view(batch, n, L, groups, per_group, head_dim)
+        x_c = x_c.permute(1, 0, 3, 2, 4, 5) * step_c.view(n, batch, groups, L, per_group, 1)
+        x_c = x_c.reshape(n, batch * groups, L, per_group, head_dim)
+        B_c = _to_chunks(_time_slice(Bm, start, stop), L)  # [n, b*G, L, N]
+        C_c = _to_chunks(_time_slice(Cm, start, stop), L)
+
+        # Cumulative log decay inside each chunk, summed in float64: gamma_i - gamma_j is then
+        # the segment sum sum_{j<k<=i} a_k to float32 rounding even where gamma itself is large
+        # (a float32 difference of two large cumulative sums would cancel catastrophically).
+        log_decay = step_c.view(n, batch, groups, L, per_group).to(torch.float64) * A.view(
+            groups, 1, per_group
+        ).to(torch.float64)
+        gamma64 = log_decay.cumsum(3).view(n, batch * groups, L, per_group).transpose(2, 3)  # [n, bG, R, L]
+        if in_place:  # rounded to the compute dtype as it is written: one pass over [.., L, L]
+            gamma_diff = torch.sub(
+                gamma64[..., :, None],
+                gamma64[..., None, :],
+                out=x.new_empty(n, batch * groups, per_group, L, L),
+            )
+        else:
+            gamma_diff = (gamma64[..., :, None] - gamma64[..., None, :]).to(x.dtype)
+        # decay(j->i) = exp(gamma_i - gamma_j), the (positive) entries above the diagonal
+        # zeroed before the exp so they cannot overflow; C B^T is masked to j <= i below.
+        decay = gamma_diff.tril_().clamp_min_(floor).exp_()  # [n, b*G, R, L, L]
+        to_end = (gamma64[..., -1:] - gamma64).to(x.dtype).clamp_min(floor).exp()  # decay(j->end)
+        from_start = gamma64.to(x.dtype).clamp_min(floor).exp()  # decay(chunk start->i), [n, bG, R, L]
+        chunk_decay = from_start[..., -1, None, None]  # [n, b*G, R, 1, 1]
+        from_start = from_start.transpose(2, 3)[..., None]  # [n, b*G, L, R, 1]
+
+        # 1. Inside each chunk: y_i = sum_{j<=i} (C_i . B_j) decay(j->i) dt'_j x_j, with the
+        # causal C B^T computed once per group and shared by its heads.
+        scores = (C_c @ B_c.transpose(-1, -2)).tril_()[:, :, None] * decay  # [n, b*G, R, L, L]
+        x_heads = x_c.transpose(2, 3).reshape(n, batch * heads, L, head_dim)
+        y_intra = scores.reshape(n, batch * heads, L, L) @ x_heads
+        y_intra = y_intra.view(n, batch * groups, per_group, L, head_dim).transpose(2, 3)  # [n, bG, L, R, P]
+
+        # 2. What each chunk writes into the state by its end: (decay(j->end) dt'_j x_j)^T B_j.
+        writes = (x_c * to_end.transpose(2, 3)[..., None]).view(n, batch * groups, L, per_group * head_dim)
+
+        # 3. Across chunks (the only loop): y_i += decay(start->i) S_start C_i, then pass S on.
+        for i in range(n):
+            carried = (C_c[i] @ state.transpose(-1, -2)).view(batch * groups, L, per_group, head_dim)
+            grouped_state = state.view(batch * groups, per_group, head_dim, state_dim)
+            if in_place:
+                chunk = slice((first + i) * L, (first + i + 1) * L)
+                chunk_out = out[:, chunk].view(batch, L, groups, per_group, head_dim).transpose(1, 2)
+                split = (batch, groups)
+                torch.addcmul(
+                    y_intra[i].unflatten(0, split),
+                    carried.unflatten(0, split),
+                    from_start[i].unflatten(0, split),
+                    out=chunk_out,
+                )
+                grouped_state.mul_(chunk_decay[i])
+                state.baddbmm_(writes[i].transpose(-1, -2), B_c[i])
+            else:
+                y_chunk = torch.addcmul(y_intra[i], carried, from_start[i])  # [b*G, L, R, P]
+                y_chunk = y_chunk.view(batch, groups, L, heads // groups, head_dim).transpose(1, 2)
+                outputs.append(y_chunk.reshape(batch, L, heads, head_dim))
+                decayed = (grouped_state * chunk_decay[i]).view_as(state)
+                state = torch.baddbmm(decayed, writes[i].transpose(-1, -2), B_c[i])
+
+    y = torch.cat(outputs, dim=1) if out is None else None
+    return y, state.reshape(batch, heads, head_dim, state_dim)
 
 
 def ssd_chunk_scan(
@@ -153,8 +290,9 @@ def ssd_chunk_scan(
     """Chunked SSD scan (the training / prefill path), see the module docstring.
 
     Returns (y [B, T, H, P] in x.dtype, final_state [B, H, P, N] float32 or None).
-    Work is O(T * chunk_size) inside chunks plus O(T / chunk_size) state updates; memory
-    holds the [B, H, T, chunk_size] decay masks and one state per chunk.
+    Work is O(T * chunk_size) inside chunks plus O(T / chunk_size) state updates. Chunks are
+    processed a bounded group at a time, so beyond the inputs and outputs memory does not grow
+    with T (a few MiB of temporaries without autograd; with autograd, what backward needs).
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
@@ -169,61 +307,40 @@ def ssd_chunk_scan(
         return out
 
     dtype = _compute_dtype(x, dt, A, Bm, Cm, D, dt_bias, initial_state)
-    heads_per_group = heads // groups
-    num_chunks = -(-seq_len // chunk_size)
-    pad = num_chunks * chunk_size - seq_len
     state = (
         initial_state.to(dtype)
         if initial_state is not None
         else x.new_zeros(batch, heads, head_dim, state_dim, dtype=dtype)
     )
+    if seq_len == 0:
+        return x.new_zeros(batch, 0, heads, head_dim), (state if output_final_state else None)
 
-    # Padding after the softplus: dt' = 0 on padded steps means decay 1 and no write, so the
-    # final state is exactly the state after the last real token.
-    step = _pad_time(_time_step(dt, dt_bias, dt_softplus, dtype), pad)  # [B, T', H]
-    log_decay = step * A.to(dtype)  # [B, T', H], <= 0 for A < 0
+    out_dtype = x.dtype
+    step = _time_step(dt, dt_bias, dt_softplus, dtype)  # [B, T, H]
+    x, Bm, Cm, A = x.to(dtype), Bm.to(dtype), Cm.to(dtype), A.to(dtype)  # (no copies when already dtype)
 
-    # Chunked views; heads split as (G, R) so B/C are shared by a group without copies.
-    chunk_shape = (batch, num_chunks, chunk_size)
-    xc = _pad_time(x.to(dtype), pad).reshape(*chunk_shape, groups, heads_per_group, head_dim)
-    Bc = _pad_time(Bm.to(dtype), pad).reshape(*chunk_shape, groups, state_dim)
-    Cc = _pad_time(Cm.to(dtype), pad).reshape(*chunk_shape, groups, state_dim)
-    step_c = step.reshape(*chunk_shape, heads).transpose(2, 3)  # [B, nC, H, L]
-    log_decay_c = log_decay.reshape(*chunk_shape, heads).transpose(2, 3)  # [B, nC, H, L]
+    per_block = max(1, _BLOCK_STATE_ELEMENTS // (heads * head_dim * state_dim))
+    blocks = [slice(b, min(b + per_block, batch)) for b in range(0, batch, per_block)]
+    if _needs_grad(x, step, A, Bm, Cm, initial_state):
+        results = [
+            _chunk_scan_block(x[bs], step[bs], A, Bm[bs], Cm[bs], state[bs], chunk_size) for bs in blocks
+        ]
+        y = torch.cat([y_block for y_block, _ in results], dim=0)
+        state = torch.cat([s_block for _, s_block in results], dim=0)
+    else:
+        y = x.new_empty(batch, -(-seq_len // chunk_size) * chunk_size, heads, head_dim)
+        final_state = torch.empty_like(state)
+        for bs in blocks:
+            # (a copy of the state: the block updates it in place)
+            _, final_state[bs] = _chunk_scan_block(
+                x[bs], step[bs], A, Bm[bs], Cm[bs], state[bs].clone(), chunk_size, out=y[bs]
+            )
+        state = final_state
 
-    # 1. Inside each chunk: y_diag_i = sum_{j<=i} (C_i . B_j) decay(j->i) dt'_j x_j.
-    decay = torch.exp(_segment_sum(log_decay_c))  # [B, nC, H, L(i), L(j)]
-    scores = torch.einsum("bclgn,bcsgn->bcgls", Cc, Bc).unsqueeze(3)  # [B, nC, G, 1, L, L]
-    scores = scores * (decay * step_c.unsqueeze(-2)).reshape(
-        batch, num_chunks, groups, heads_per_group, chunk_size, chunk_size
-    )
-    y = torch.einsum("bcgrls,bcsgrp->bclgrp", scores, xc)
-
-    # 2. What each chunk alone writes into the state by its end: decay(j->end) dt'_j x_j B_j^T.
-    to_end = (decay[..., -1, :] * step_c).reshape(batch, num_chunks, groups, heads_per_group, chunk_size)
-    chunk_writes = torch.einsum("bcgrs,bcsgn,bcsgrp->bcgrpn", to_end, Bc, xc).reshape(
-        batch, num_chunks, heads, head_dim, state_dim
-    )
-
-    # 3. Pass the state across chunks (the only loop), keeping the state at each chunk start.
-    chunk_decay = torch.exp(log_decay_c.sum(-1))  # [B, nC, H]
-    start_states = []
-    for c in range(num_chunks):
-        start_states.append(state)
-        state = chunk_decay[:, c, :, None, None] * state + chunk_writes[:, c]
-    if num_chunks > 0:
-        starts = torch.stack(start_states, dim=1).reshape(
-            batch, num_chunks, groups, heads_per_group, head_dim, state_dim
-        )
-        # 4. The carried-in state's contribution: exp(sum_{k<=i} a_k) S_start C_i.
-        from_start = torch.exp(log_decay_c.cumsum(-1)).transpose(2, 3)  # [B, nC, L, H]
-        y_carried = torch.einsum("bclgn,bcgrpn->bclgrp", Cc, starts)
-        y = y + y_carried * from_start.reshape(*chunk_shape, groups, heads_per_group, 1)
-
-    y = y.reshape(batch, num_chunks * chunk_size, heads, head_dim)[:, :seq_len]
+    y = y[:, :seq_len]
     if D is not None:
-        y = y + D.to(dtype)[:, None] * x.to(dtype)
-    return y.to(x.dtype), (state if output_final_state else None)
+        y = y + D.to(dtype)[:, None] * x
+    return y.to(out_dtype), (state if output_final_state else None)
 
 
 def _ssd_chunk_scan_cuda(
