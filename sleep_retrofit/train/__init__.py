@@ -1,0 +1,33 @@
+"""Two-stage sleep training on Accelerate (docs/training.md).
+
+- `config`: the YAML schema (`TrainConfig`), `load_config(path, overrides)`.
+- `optim`: Muon for hidden 2-D matrices + AdamW for the rest, warmup + cosine.
+- `trainer`: `train(config)` runs stage 1 (fast weights only, hard eviction) then stage 2.
+- `recipe_main`: the command line shared by recipes/*.py.
+"""
+
+from .config import ConfigError, TrainConfig, load_config
+from .optim import build_optimizers, split_parameters, warmup_cosine
+from .trainer import StageResult, find_checkpoints, run_stage, train, training_loss
+
+__all__ = [
+    "ConfigError",
+    "StageResult",
+    "TrainConfig",
+    "build_optimizers",
+    "find_checkpoints",
+    "load_config",
+    "recipe_main",
+    "run_stage",
+    "split_parameters",
+    "train",
+    "training_loss",
+    "warmup_cosine",
+]
+
+
+def recipe_main(task: str, argv: list[str] | None = None) -> int:
+    """`python recipes/<task>.py --config FILE [key=value ...]`: train and print where the model is."""
+    from .cli import main
+
+    return main(task, argv)

@@ -1,0 +1,202 @@
+"""The model side of training: build or load the model, choose what trains, save the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..modeling import SleepRetrofitForCausalLM
+from ..sleep import SleepSettings
+from .config import ConfigError, LoraConfig, TrainConfig
+
+__all__ = [
+    "build_model",
+    "check_vocabulary",
+    "enable_activation_checkpointing",
+    "fast_weight_parameter_names",
+    "prepare_trainable",
+    "save_final_model",
+]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _is_converted(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == "sleep_retrofit"
+    except json.JSONDecodeError:
+        return False
+
+
+def _toy_vocab_size(config: TrainConfig) -> int:
+    from .data import training_tokenizer
+
+    return len(training_tokenizer(config, None))
+
+
+def build_model(config: TrainConfig, init_from: Path | None = None) -> tuple[SleepRetrofitForCausalLM, Any]:
+    """The model to train and its own tokenizer (None when it has none).
+
+    `init_from` (a converted checkpoint, e.g. the previous stage's result) wins over
+    ``model.source``; N, L and the eviction of the config override the checkpoint's.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_config = config.model
+    settings = SleepSettings(
+        passes=model_config.passes, window=model_config.window, eviction=model_config.eviction
+    )
+    source = str(init_from) if init_from is not None else model_config.source
+    dtype = _DTYPES[model_config.dtype]
+    if source == "toy":
+        from ..toy import build_toy_hybrid
+
+        if config.data.task == "gsm_infinite":
+            raise ConfigError(
+                "model.source=toy builds a synthetic-task model; gsm_infinite needs a pretrained model"
+            )
+        model = build_toy_hybrid(
+            _toy_vocab_size(config),
+            hidden_size=model_config.hidden_size,
+            num_layers=model_config.num_layers,
+            num_heads=model_config.num_heads,
+            intermediate_size=model_config.intermediate_size,
+            passes=settings.passes,
+            window=settings.window,
+            eviction=settings.eviction,
+            seed=config.seed,
+        )
+        return model.to(dtype), None
+
+    from ..presets import is_preset, load_preset
+    from ..retrofit import default_plan
+
+    if is_preset(source):
+        base, tokenizer = load_preset(source, seed=config.seed, dtype=dtype)
+        plan = default_plan(base.config, kind=model_config.fast_weights)
+        return SleepRetrofitForCausalLM.from_base(base, plan=plan, settings=settings), tokenizer
+
+    path = Path(source).expanduser()
+    if path.exists() and _is_converted(path):
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), passes=settings.passes, window=settings.window, eviction=settings.eviction, dtype=dtype
+        )
+        tokenizer = (
+            AutoTokenizer.from_pretrained(str(path)) if (path / "tokenizer_config.json").is_file() else None
+        )
+        return model, tokenizer
+    if not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") != 1):
+        raise ConfigError(
+            f"model.source {source!r} is not 'toy', a preset, an existing directory or a Hub id (owner/name)"
+        )
+    # A base model (directory or Hub id): convert on the fly.
+    base = AutoModelForCausalLM.from_pretrained(
+        source, dtype=dtype, trust_remote_code=model_config.trust_remote_code
+    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_config.trust_remote_code)
+    except (OSError, ValueError):
+        tokenizer = None
+    plan = default_plan(base.config, kind=model_config.fast_weights)
+    return SleepRetrofitForCausalLM.from_base(base, plan=plan, settings=settings), tokenizer
+
+
+def check_vocabulary(tokenizer: Any, model: nn.Module) -> None:
+    """A tokenizer whose ids do not fit the model's embedding is a ConfigError."""
+    vocab_size = model.get_input_embeddings().num_embeddings
+    size = len(tokenizer)
+    if size > vocab_size:
+        raise ConfigError(
+            f"the tokenizer has {size} tokens but the model's vocabulary (vocab_size) is {vocab_size}: "
+            "token ids would fall outside the embedding; use a matching tokenizer or a larger model"
+        )
+
+
+def _jet_layer_prefixes(model: nn.Module) -> list[str]:
+    """Jet-Nemotron bases: their own JetBlocks (the jet layers' self_attn) are the fast weights."""
+    base = getattr(model, "base", None)
+    layer_types = getattr(getattr(base, "config", None), "layer_types", None) or []
+    return [f"base.model.layers.{i}.self_attn." for i, kind in enumerate(layer_types) if kind == "jet"]
+
+
+def fast_weight_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the fast-weight parameters: the inserted blocks (``fast_weights.*``) and, for a
+    Jet-Nemotron base, its jet layers' ``self_attn``."""
+    prefixes = ["fast_weights.", *_jet_layer_prefixes(model)]
+    return [name for name, _ in model.named_parameters() if name.startswith(tuple(prefixes))]
+
+
+def _lora_targets(model: nn.Module, lora: LoraConfig) -> list[str]:
+    """Full names of the base's Linear layers named in `lora.target_modules`, outside the
+    fast-weight modules (those train fully)."""
+    excluded = ("fast_weights.", *_jet_layer_prefixes(model))
+    targets = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and name.split(".")[-1] in lora.target_modules:
+            if not (name + ".").startswith(excluded):
+                targets.append(name)
+    return targets
+
+
+def prepare_trainable(model: SleepRetrofitForCausalLM, finetune: str, lora: LoraConfig) -> nn.Module:
+    """Set what trains: ``fast_weights`` (only the fast-weight blocks), ``full`` (everything) or
+    ``lora`` (PEFT LoRA adapters on the base's projections + the fast-weight blocks in full)."""
+    fast = set(fast_weight_parameter_names(model))
+    if finetune == "full":
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model
+    if finetune == "fast_weights":
+        if not fast:
+            raise ConfigError("finetune=fast_weights, but the model has no fast-weight parameters")
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in fast)
+        return model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    targets = _lora_targets(model, lora)
+    if not targets:
+        raise ConfigError(
+            f"lora.target_modules {lora.target_modules} match no Linear layer of the base model"
+        )
+    modules_to_save = ["fast_weights"] + [p.rstrip(".") for p in _jet_layer_prefixes(model)]
+    peft_config = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        modules_to_save=[m for m in modules_to_save if m != "fast_weights" or len(model.fast_weights)],
+    )
+    return get_peft_model(model, peft_config)
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each consolidation pass in backward (bounds memory by one pass, not N)."""
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    enable = getattr(target, "activation_checkpointing_enable", None)
+    if enable is None:
+        raise ConfigError("gradient_checkpointing: this model has no per-pass activation checkpointing")
+    enable()
+
+
+def save_final_model(model: nn.Module, tokenizer: Any, directory: Path) -> Path:
+    """Save `model` as a converted checkpoint (LoRA adapters merged) + `tokenizer` into `directory`."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    model.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    model.train(was_training)
+    return directory

@@ -1,0 +1,436 @@
+"""The two-stage sleep trainer on Accelerate.
+
+    python recipes/rule110.py --config recipes/configs/rule110_tiny.yaml stage1.max_steps=50
+    accelerate launch recipes/rule110.py --config ...        (DDP on GPUs, or --cpu --num_processes 2)
+
+Stage 1 (warm-up): only the fast-weight blocks train, under hard eviction, with N passes.
+Stage 2: sliding-window (or hard) sleep; the full model, LoRA adapters (PEFT) or the fast
+weights alone train, the fast-weight blocks always fully. Each stage lives in its own
+directory ``{output_dir}/{stage}/``: ``checkpoints/checkpoint_<i>`` (Accelerate's save_state,
+every ``save_every`` optimiser steps, ``save_total_limit`` kept), ``log.jsonl`` (one JSON
+object per logged step and evaluation), ``tensorboard/`` (when tensorboard is installed) and
+``model/`` (the stage's result as a converted checkpoint + tokenizer). A finished stage is
+skipped on a rerun and the next starts from its ``model/``; an unfinished one resumes from its
+latest readable checkpoint. ``{output_dir}/model`` is the final model, loadable with
+``AutoModelForCausalLM.from_pretrained`` after ``import sleep_retrofit``.
+
+The loss is Algorithm 1's: context chunks are consolidated with N passes (full backprop
+through every pass and chunk) and the cross-entropy is taken on target tokens only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..tasks import SleepCollator
+from .config import STAGES, ConfigError, StageConfig, TrainConfig
+from .data import EpochShuffleSampler, FeatureDataset, build_rows, training_tokenizer
+from .evaluate import evaluate_model
+from .modelling import (
+    build_model,
+    check_vocabulary,
+    enable_activation_checkpointing,
+    fast_weight_parameter_names,
+    prepare_trainable,
+    save_final_model,
+)
+from .optim import build_optimizers, warmup_cosine
+
+__all__ = ["StageResult", "TrainingProgress", "find_checkpoints", "train", "training_loss"]
+
+MODEL_DIR = "model"
+DONE_FILE = "training_complete.json"
+LOG_FILE = "log.jsonl"
+
+
+class TrainingProgress:
+    """Where the loop is: optimiser steps done, the epoch and the batches consumed in it.
+    Registered with Accelerate so save_state / load_state carry it."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.epoch = 0
+        self.batch = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step, "epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step, self.epoch, self.batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
+
+
+class _Schedules:
+    """The LR schedules of a stage's optimisers, checkpointed as one object."""
+
+    def __init__(self, schedulers: list[torch.optim.lr_scheduler.LRScheduler]):
+        self.schedulers = schedulers
+
+    def step(self) -> None:
+        for scheduler in self.schedulers:
+            scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"schedulers": [s.state_dict() for s in self.schedulers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(saved)
+
+    def last_lrs(self) -> list[float]:
+        return [lr for s in self.schedulers for lr in s.get_last_lr()]
+
+
+@dataclass
+class StageResult:
+    """What one stage did: its directory, steps, last training loss and evaluations."""
+
+    stage: str
+    directory: Path
+    steps: int
+    resumed_from: Path | None
+    last_loss: float | None
+    evaluations: list[dict[str, Any]]
+    skipped: bool = False
+
+
+def training_loss(model: nn.Module, batch: dict[str, torch.Tensor], passes: int, window: int, eviction: str):
+    """The masked cross-entropy of Algorithm 1 for one collated batch (N passes, full backprop)."""
+    output = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        labels=batch["labels"],
+        passes=passes,
+        window=window,
+        eviction=eviction,
+        use_cache=False,
+    )
+    return output.loss
+
+
+def find_checkpoints(stage_dir: Path) -> list[Path]:
+    """The stage's ``checkpoint_<i>`` directories, oldest first."""
+    root = Path(stage_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        if (
+            path.is_dir()
+            and path.name.startswith("checkpoint_")
+            and path.name[len("checkpoint_") :].isdigit()
+        ):
+            found.append(path)
+    return sorted(found, key=lambda p: int(p.name[len("checkpoint_") :]))
+
+
+def _load_latest_good(accelerator: Any, stage_dir: Path) -> Path | None:
+    """Load the newest checkpoint that reads back; a corrupt one is skipped with a warning."""
+    for path in reversed(find_checkpoints(stage_dir)):
+        try:
+            accelerator.load_state(str(path))
+            return path
+        except Exception as err:  # noqa: BLE001 - any unreadable file means "try the previous one"
+            warnings.warn(
+                f"checkpoint {path} is corrupt or incomplete ({type(err).__name__}: {err}); "
+                "falling back to the previous checkpoint",
+                stacklevel=2,
+            )
+    return None
+
+
+def _tensorboard_available() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        try:
+            import tensorboardX  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+def _accelerator(config: TrainConfig, stage_dir: Path):
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import ProjectConfiguration
+
+    project = ProjectConfiguration(
+        project_dir=str(stage_dir),
+        logging_dir=str(stage_dir / "tensorboard"),
+        automatic_checkpoint_naming=True,
+        total_limit=config.save_total_limit,
+    )
+    return Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        # Without CUDA, cpu=True is what makes a torchrun-launched group use gloo (MULTI_CPU);
+        # otherwise every process would train alone.
+        cpu=config.cpu or not torch.cuda.is_available(),
+        log_with="tensorboard" if _tensorboard_available() else None,
+        project_config=project,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)],
+    )
+
+
+def _stage_settings(config: TrainConfig, name: str) -> tuple[int, str]:
+    stage = config.stage(name)
+    passes = stage.passes if stage.passes is not None else config.model.passes
+    eviction = (
+        stage.eviction
+        if stage.eviction is not None
+        else ("hard" if name == "stage1" else config.model.eviction)
+    )
+    return passes, eviction
+
+
+def _log(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def run_stage(
+    config: TrainConfig,
+    name: str,
+    *,
+    init_from: Path | None = None,
+    stop_after: int | None = None,
+) -> StageResult:
+    """Run (or resume, or skip when finished) one stage. `init_from` is a converted checkpoint to
+    start from (the previous stage's model); `stop_after` stops after that many optimiser steps
+    without finishing the stage, as a crash would (tests use it)."""
+    from tqdm.auto import tqdm
+
+    stage: StageConfig = config.stage(name)
+    output_dir = Path(config.output_dir).expanduser()
+    stage_dir = output_dir / name
+    if (stage_dir / DONE_FILE).is_file() and (stage_dir / MODEL_DIR / "config.json").is_file():
+        done = json.loads((stage_dir / DONE_FILE).read_text())
+        return StageResult(name, stage_dir, done["steps"], None, done.get("last_loss"), [], skipped=True)
+
+    passes, eviction = _stage_settings(config, name)
+    window = config.model.window
+    # Everything that can fail on bad input fails here, before the first step.
+    model, model_tokenizer = build_model(config, init_from=init_from)
+    tokenizer = training_tokenizer(config, model_tokenizer)
+    check_vocabulary(tokenizer, model)
+    finetune = "fast_weights" if name == "stage1" else stage.finetune
+    if name == "stage1" and not fast_weight_parameter_names(model):
+        raise ConfigError(
+            f"stage 1 trains only fast-weight blocks, but model.source={config.model.source!r} has none "
+            "(convert it with fast_weights=jet|gdn|mamba2, or run stages=[stage2])"
+        )
+    train_rows = build_rows(config, "train", config.data.train_examples, tokenizer)
+    eval_rows = build_rows(config, "validation", config.data.eval_examples, tokenizer)
+    model = prepare_trainable(model, finetune, stage.lora)
+    if config.gradient_checkpointing:
+        enable_activation_checkpointing(model)
+    model.train()
+
+    accelerator = _accelerator(config, stage_dir)
+    torch.manual_seed(config.seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    collator = SleepCollator(window, pad_id)
+    sampler = EpochShuffleSampler(len(train_rows), config.seed)
+    loader = DataLoader(
+        FeatureDataset(train_rows), batch_size=config.batch_size, sampler=sampler, collate_fn=collator
+    )
+    optimizers = build_optimizers(
+        model,
+        optimizer=stage.optimizer,
+        muon_lr=stage.muon_lr,
+        adamw_lr=stage.adamw_lr,
+        weight_decay=stage.weight_decay,
+    )
+    prepared = accelerator.prepare(model, loader, *optimizers)
+    model, loader, optimizers = prepared[0], prepared[1], list(prepared[2:])
+
+    batches_per_epoch = len(loader)
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / config.gradient_accumulation_steps))
+    total_steps = stage.max_steps or max(1, math.ceil(stage.epochs * steps_per_epoch))
+    factor = warmup_cosine(total_steps, stage.warmup_steps, stage.min_lr_ratio)
+    schedules = _Schedules([torch.optim.lr_scheduler.LambdaLR(o.optimizer, factor) for o in optimizers])
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress, schedules)
+
+    resumed_from = None
+    if config.resume:
+        resumed_from = _load_latest_good(accelerator, stage_dir)
+    existing = find_checkpoints(stage_dir)
+    # Never reuse a checkpoint number, even one that was corrupt.
+    accelerator.project_configuration.iteration = int(existing[-1].name.split("_")[-1]) + 1 if existing else 0
+
+    log_path = stage_dir / LOG_FILE
+    main = accelerator.is_main_process
+    if main:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        (stage_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    if accelerator.log_with:
+        accelerator.init_trackers(name, config={"stage": name, "passes": passes, "eviction": eviction})
+    if main:
+        _log(
+            log_path,
+            {
+                "event": "start",
+                "stage": name,
+                "step": progress.step,
+                "total_steps": total_steps,
+                "resumed_from": str(resumed_from) if resumed_from else None,
+                "passes": passes,
+                "window": window,
+                "eviction": eviction,
+                "finetune": finetune,
+                "processes": accelerator.num_processes,
+            },
+        )
+
+    bar = tqdm(
+        total=total_steps,
+        initial=progress.step,
+        desc=name,
+        disable=not (main and config.progress),
+        dynamic_ncols=True,
+    )
+    evaluations: list[dict[str, Any]] = []
+    last_loss: float | None = None
+    running: list[float] = []
+    began = time.perf_counter()
+    unwrapped = accelerator.unwrap_model(model)
+
+    def evaluate(step: int) -> None:
+        if main:
+            record = evaluate_model(unwrapped, config, eval_rows, tokenizer, passes, window, eviction)
+            record.update({"event": "eval", "stage": name, "step": step})
+            evaluations.append(record)
+            _log(log_path, record)
+            if accelerator.log_with:
+                accelerator.log(
+                    {f"eval/{k}": v for k, v in record.items() if isinstance(v, float)}, step=step
+                )
+            model.train()
+        accelerator.wait_for_everyone()
+
+    while progress.step < total_steps and not (stop_after is not None and progress.step >= stop_after):
+        sampler.set_epoch(progress.epoch)
+        skip = progress.batch
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = training_loss(model, batch, passes, window, eviction)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                for optimizer in optimizers:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            progress.batch += 1
+            running.append(float(loss.detach()))
+            if not accelerator.sync_gradients:
+                continue
+            schedules.step()
+            progress.step += 1
+            if progress.batch >= batches_per_epoch:
+                progress.epoch, progress.batch = progress.epoch + 1, 0
+            last_loss = sum(running) / len(running)
+            running.clear()
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4f}")
+            if progress.step % config.log_every == 0 or progress.step == total_steps:
+                mean_loss = float(
+                    accelerator.reduce(torch.tensor(last_loss, device=accelerator.device), "mean")
+                )
+                record = {
+                    "event": "train",
+                    "stage": name,
+                    "step": progress.step,
+                    "epoch": progress.epoch,
+                    "loss": mean_loss,
+                    "lr": schedules.last_lrs(),
+                    "seconds": round(time.perf_counter() - began, 3),
+                }
+                if main:
+                    _log(log_path, record)
+                if accelerator.log_with:
+                    accelerator.log(
+                        {"train/loss": mean_loss, "train/lr": record["lr"][0]}, step=progress.step
+                    )
+            if progress.step % config.save_every == 0 and progress.step < total_steps:
+                accelerator.save_state()
+            if config.eval_every and progress.step % config.eval_every == 0 and progress.step < total_steps:
+                evaluate(progress.step)
+            if progress.step >= total_steps or (stop_after is not None and progress.step >= stop_after):
+                break
+        else:
+            progress.epoch, progress.batch = progress.epoch + 1, 0
+    bar.close()
+
+    if progress.step < total_steps:  # stopped early on purpose (stop_after): not finished
+        _finish_trackers(accelerator)
+        return StageResult(name, stage_dir, progress.step, resumed_from, last_loss, evaluations)
+
+    evaluate(progress.step)
+    accelerator.wait_for_everyone()
+    if main:
+        save_final_model(accelerator.unwrap_model(model), tokenizer, stage_dir / MODEL_DIR)
+        summary = {"stage": name, "steps": progress.step, "last_loss": last_loss}
+        (stage_dir / DONE_FILE).write_text(json.dumps(summary))
+        _log(log_path, {"event": "done", **summary})
+    accelerator.wait_for_everyone()
+    _finish_trackers(accelerator)
+    return StageResult(name, stage_dir, progress.step, resumed_from, last_loss, evaluations)
+
+
+def _finish_trackers(accelerator: Any) -> None:
+    """end_training() without its destroy_process_group(): the next stage reuses the group."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+
+
+def train(config: TrainConfig, *, stop_after: int | None = None) -> list[StageResult]:
+    """Run the configured stages in order; each stage after the first starts from the previous
+    stage's model (``{output_dir}/{previous}/model``, when it exists). The last stage's model is
+    also written to ``{output_dir}/model``. Returns one :class:`StageResult` per stage run."""
+    output_dir = Path(config.output_dir).expanduser()
+    results = []
+    for name in config.stages:
+        previous = STAGES[: STAGES.index(name)]
+        init_from = None
+        for earlier in reversed(previous):
+            candidate = output_dir / earlier / MODEL_DIR
+            if (candidate / "config.json").is_file():
+                init_from = candidate
+                break
+        result = run_stage(config, name, init_from=init_from, stop_after=stop_after)
+        results.append(result)
+        if result.steps < _total_steps_hint(result):
+            return results
+    final_source = output_dir / config.stages[-1] / MODEL_DIR
+    _publish_final(final_source, output_dir / MODEL_DIR)
+    return results
+
+
+def _total_steps_hint(result: StageResult) -> int:
+    """0 when the stage finished (so the loop goes on), else a number above its steps."""
+    return 0 if (result.directory / DONE_FILE).is_file() else result.steps + 1
+
+
+def _publish_final(source: Path, target: Path) -> None:
+    """Copy the last stage's model to ``{output_dir}/model`` (main process only)."""
+    import shutil
+
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process and source.is_dir():
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+    state.wait_for_everyone()

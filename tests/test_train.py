@@ -1,0 +1,242 @@
+"""The two-stage trainer: what trains, that it learns, resume, corrupt checkpoints, DDP, loading."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import sleep_retrofit  # noqa: F401  (registers the Auto classes)
+from sleep_retrofit.train import find_checkpoints, train, training_loss
+from sleep_retrofit.train.config import ConfigError, config_from_dict
+from sleep_retrofit.train.modelling import build_model, fast_weight_parameter_names
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Rule 110 with 2 strings of 8 bits, L = 8: two context chunks, one target chunk per example.
+TINY = {
+    "seed": 0,
+    "batch_size": 8,
+    "eval_batch_size": 32,
+    "save_every": 2,
+    "save_total_limit": 3,
+    "log_every": 1,
+    "progress": False,
+    "model": {"source": "toy", "hidden_size": 32, "num_layers": 2, "num_heads": 2, "passes": 2, "window": 8},
+    "data": {
+        "task": "rule110",
+        "train_examples": 64,
+        "eval_examples": 16,
+        "options": {"width": 8, "num_strings": 2, "steps": 1},
+    },
+    "stage1": {"max_steps": 4, "muon_lr": 0.02, "adamw_lr": 0.003},
+    "stage2": {"max_steps": 4, "eviction": "sliding", "muon_lr": 0.02, "adamw_lr": 0.003},
+}
+
+
+def tiny(tmp_path: Path, name: str = "run", **changes) -> object:
+    values = yaml.safe_load(yaml.safe_dump(TINY))  # deep copy
+    for key, value in changes.items():
+        node = values
+        *parents, last = key.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    values["output_dir"] = str(tmp_path / name)
+    return config_from_dict(values)
+
+
+def weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_stage1_changes_only_fast_weight_parameters(tmp_path):
+    config = tiny(tmp_path, stages=["stage1"])
+    initial, _ = build_model(config)
+    fast = set(fast_weight_parameter_names(initial))
+    assert fast and all(name.startswith("fast_weights.") for name in fast)
+    before = {k: v.clone() for k, v in initial.state_dict().items()}
+    (result,) = train(config)
+    after = weights(result.directory / "model")
+    assert set(after) <= set(before)
+    changed = {name for name, tensor in after.items() if not torch.equal(tensor, before[name])}
+    assert changed, "stage 1 changed nothing"
+    assert changed <= fast, f"stage 1 changed non-fast-weight parameters: {sorted(changed - fast)}"
+    log = [json.loads(line) for line in (result.directory / "log.jsonl").read_text().splitlines()]
+    assert (
+        log[0]["event"] == "start" and log[0]["eviction"] == "hard" and log[0]["finetune"] == "fast_weights"
+    )
+
+
+def test_a_tiny_run_lowers_the_loss_and_the_final_model_loads_and_evaluates(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from sleep_retrofit.evaluation import EvalSpec, run_grid
+
+    config = tiny(tmp_path, stage1__max_steps=12, stage2__max_steps=12, save_every=100)
+    results = train(config)
+    assert [r.stage for r in results] == ["stage1", "stage2"]
+    losses = []
+    for result in results:
+        log = [json.loads(line) for line in (result.directory / "log.jsonl").read_text().splitlines()]
+        losses += [r["loss"] for r in log if r["event"] == "train"]
+    assert len(losses) == 24
+    assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4, losses
+
+    final = Path(config.output_dir) / "model"
+    model = AutoModelForCausalLM.from_pretrained(str(final))
+    assert type(model).__name__ == "SleepRetrofitForCausalLM"
+    saved = weights(final)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    # stage 2's result is the final model, and it started from stage 1's
+    assert (Path(config.output_dir) / "stage2" / "model" / "model.safetensors").read_bytes() == (
+        final / "model.safetensors"
+    ).read_bytes()
+    grid = run_grid(
+        EvalSpec(
+            model=final,
+            tasks=("rule110",),
+            passes=(1, 2),
+            steps=(1,),
+            num_examples=16,
+            batch_size=16,
+            out=tmp_path / "eval",
+            task_options={"rule110": {"width": 8, "num_strings": 2}},
+            progress=False,
+        )
+    )
+    assert len(grid.records) == 2
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["loss"] > 0 for r in grid.records)
+
+
+def test_gradients_reach_the_first_chunks_consolidation_passes(tmp_path):
+    from sleep_retrofit.tasks import SleepCollator, build_dataset
+
+    config = tiny(tmp_path)
+    model, _ = build_model(config)
+    rows = list(build_dataset("rule110", "train", 2, **config.data.options))
+    batch = SleepCollator(8, 0)([{k: r[k] for k in ("input_ids", "loss_mask", "target_start")} for r in rows])
+    assert batch["input_ids"].shape[1] == 8 + 8 + 3  # two context chunks, then the target part
+    block = next(iter(model.fast_weights.values()))
+    inputs = []
+
+    # The input of the fast-weight block in each pass: it writes the state that later chunks read
+    # (the last pass's output hidden states are discarded, its state is not).
+    def keep(module, args, kwargs):
+        hidden = args[0] if args else next(iter(kwargs.values()))
+        hidden.retain_grad()
+        inputs.append(hidden)
+
+    handle = block.register_forward_pre_hook(keep, with_kwargs=True)
+    loss = training_loss(model, batch, passes=3, window=8, eviction="hard")
+    handle.remove()
+    loss.backward()
+    # chunk 0: 3 consolidation passes, chunk 1: 3, target chunk: 1 wake pass
+    assert len(inputs) == 7
+    for i, hidden in enumerate(inputs[:3]):
+        assert hidden.grad is not None and hidden.grad.abs().sum() > 0, (
+            f"pass {i} of chunk 0 gets no gradient"
+        )
+
+
+def _run_to_completion(config):
+    (result,) = train(config)
+    return weights(result.directory / "model")
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    straight = _run_to_completion(tiny(tmp_path, "straight", stages=["stage1"], stage1__max_steps=6))
+    config = tiny(tmp_path, "resumed", stages=["stage1"], stage1__max_steps=6)
+    (partial,) = train(config, stop_after=5)  # "crash" after step 5: the last checkpoint is step 4
+    assert partial.steps == 5 and not (partial.directory / "model").exists()
+    assert [p.name for p in find_checkpoints(partial.directory)] == ["checkpoint_0", "checkpoint_1"]
+    (resumed,) = train(config)
+    assert resumed.resumed_from is not None and resumed.resumed_from.name == "checkpoint_1"
+    after = weights(resumed.directory / "model")
+    assert set(after) == set(straight)
+    for name in straight:
+        assert torch.equal(after[name], straight[name]), name
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path):
+    straight = _run_to_completion(tiny(tmp_path, "straight", stages=["stage1"], stage1__max_steps=6))
+    config = tiny(tmp_path, "corrupt", stages=["stage1"], stage1__max_steps=6)
+    (partial,) = train(config, stop_after=5)
+    latest = find_checkpoints(partial.directory)[-1]
+    (latest / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.warns(UserWarning, match="corrupt or incomplete.*falling back"):
+        (resumed,) = train(config)
+    assert resumed.resumed_from is not None and resumed.resumed_from.name == "checkpoint_0"
+    after = weights(resumed.directory / "model")
+    for name in straight:  # resumed from step 2 and recomputed steps 3..6: same result
+        assert torch.equal(after[name], straight[name]), name
+
+
+def test_bad_inputs_fail_before_any_step(tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from sleep_retrofit.modeling import SleepRetrofitForCausalLM
+    from sleep_retrofit.retrofit import FastWeightPlan
+
+    # a converted model without fast-weight blocks cannot do stage 1
+    base = AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+        )
+    )
+    plain = SleepRetrofitForCausalLM.from_base(base, plan=FastWeightPlan("gdn", []))
+    plain.save_pretrained(tmp_path / "plain")
+    config = tiny(tmp_path, "nofast", model__source=str(tmp_path / "plain"))
+    with pytest.raises(ConfigError, match="stage 1 trains only fast-weight blocks"):
+        train(config)
+    assert not (tmp_path / "nofast").exists()
+
+    # a tokenizer larger than the model's vocabulary (Depo with 26 symbols and 80 hop tokens: 111 > 100)
+    config = tiny(
+        tmp_path,
+        "vocab",
+        model__source="tiny-llama",
+        data__task="depo",
+        data__options={"num_symbols": 26, "max_hops": 80, "hops": [1], "max_nodes": 4},
+    )
+    with pytest.raises(ConfigError, match=r"tokenizer has 111 tokens but the model's vocabulary .* is 100"):
+        train(config)
+    assert not (tmp_path / "vocab").exists()
+
+    # bad task options and an unknown model source
+    with pytest.raises(ConfigError, match="steps"):
+        train(tiny(tmp_path, "opts", data__options={"steps": -1}))
+    with pytest.raises(ConfigError, match="model.source"):
+        train(tiny(tmp_path, "src", model__source="./no/such/model"))
+
+
+def test_two_process_ddp_run_completes(tmp_path):
+    # accelerate 1.15's `launch --cpu` starts a single process whatever --num_processes says; the
+    # torchrun launcher (--multi_gpu) on a machine without CUDA runs a gloo DDP group on the CPU.
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["output_dir"] = str(tmp_path / "ddp")
+    config["stage1"]["max_steps"] = 2
+    config["stage2"]["max_steps"] = 2
+    config["data"]["eval_examples"] = 4
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(REPO / "recipes" / "rule110.py"), "--config", str(path),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    start = json.loads((tmp_path / "ddp" / "stage1" / "log.jsonl").read_text().splitlines()[0])
+    assert start["processes"] == 2
+    assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
+    assert (
+        json.loads((tmp_path / "ddp" / "model" / "config.json").read_text())["model_type"] == "sleep_retrofit"
+    )
