@@ -45,10 +45,6 @@ work not counted), per token and head, chunk C, key dim K, value dim V:
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -57,14 +53,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_common import REPO, load_average, machine_info, progress, update_benchmarks_md
 
 from sleep_retrofit.kernels import chunk_gated_delta_rule, recurrent_gated_delta_rule
-
-REPO = Path(__file__).resolve().parent.parent
-SECTION_START = (
-    "<!-- bench_kernels:start (written by benchmarks/bench_kernels.py; edits here are overwritten) -->"
-)
-SECTION_END = "<!-- bench_kernels:end -->"
 
 # Jet-Nemotron-2B JetBlock: 12 heads x 96 key dims, value dim 96 * 8/3 = 256.
 GDN_HEADS, GDN_K, GDN_V = 12, 96, 256
@@ -77,35 +68,7 @@ MATMUL_SHARE_TARGET_T, MATMUL_SHARE_TARGET = 16384, 0.25
 GEMM_OPS = {"aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm"}
 
 
-# ----------------------------------------------------------------------------- machine
-
-
-def progress(message: str) -> None:
-    print(f"  {message}", file=sys.stderr, flush=True)
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def machine_info(threads: int) -> dict[str, str]:
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return {
-        "cpu": cpu_model(),
-        "cores": str(os.cpu_count()),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": f"{threads} (torch.set_num_threads)",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "load average at start": f"{load:.2f}",
-    }
+# ----------------------------------------------------------------------------- timing
 
 
 # The clock every figure is timed with: process CPU time (user + system, so page faults count)
@@ -404,18 +367,6 @@ def report(info, matmul, chunk, gdn_rows, shares, sweep, ssd_rows, *, ssd_reques
     return "\n".join(lines) + "\n"
 
 
-def update_benchmarks_md(path: Path, body: str, command: str) -> None:
-    section = f"{SECTION_START}\n## Kernels\n\nCommand: `{command}`\n\n{body}{SECTION_END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION_START in text and SECTION_END in text:
-        before, rest = text.split(SECTION_START, 1)
-        after = rest.split(SECTION_END, 1)[1]
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
@@ -466,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.threads == 1
         else "wall time of the best of several runs"
     )
-    info["load average at end"] = f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
+    info["load average at end"] = load_average()
     info["fp32 matmul, 2048 x 2048, best of 5 (start, end)"] = f"{matmul_start:.1f}, {matmul_end:.1f} GFLOP/s"
     # Percentages are against the better of the two: the practical ceiling on this machine.
     matmul = max(matmul_start, matmul_end)
@@ -479,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
         command = "python benchmarks/bench_kernels.py" + (
             f" --threads {args.threads}" if args.threads != 1 else ""
         )
-        update_benchmarks_md(args.output, body, command)
+        update_benchmarks_md(args.output, "bench_kernels", "Kernels", body, command)
         print(f"updated {args.output}", file=sys.stderr)
 
 

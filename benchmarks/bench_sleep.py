@@ -45,13 +45,10 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime
 import gc
 import hashlib
 import io
 import json
-import os
-import platform
 import pstats
 import re
 import statistics
@@ -63,18 +60,13 @@ from pathlib import Path
 
 import torch
 import transformers
+from bench_common import REPO, load_average, machine_info, progress, update_benchmarks_md
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 import sleep_retrofit
 from sleep_retrofit.modeling import SleepRetrofitForCausalLM
 from sleep_retrofit.retrofit import FastWeightPlan, default_plan
 from sleep_retrofit.sleep import SleepCache, SleepSettings, default_loop_span
-
-REPO = Path(__file__).resolve().parent.parent
-SECTION_START = (
-    "<!-- bench_sleep:start (written by benchmarks/bench_sleep.py; edits here are overwritten) -->"
-)
-SECTION_END = "<!-- bench_sleep:end -->"
 
 # The base model: a small Llama-family decoder (design: "small but not trivial").
 MODEL = dict(
@@ -98,39 +90,7 @@ MEMORY_RATIO_MAX = 1.1  # sleep peak at 64k / at 1k
 WRAPPER_RATIO_MAX = 1.1  # our N=1 wrapper / plain transformers, per-token decode
 
 
-def progress(message: str) -> None:
-    print(f"  {message}", file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------- machine
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def load_average() -> str:
-    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
-
-
-def machine_info(threads: int) -> dict[str, str]:
-    return {
-        "cpu": cpu_model(),
-        "cores": str(os.cpu_count()),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "threads": f"{threads} (torch.set_num_threads, also in the memory worker processes)",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "load average at start": load_average(),
-    }
 
 
 def rss_kib() -> tuple[int, int]:
@@ -820,19 +780,6 @@ def report(
     return "\n".join(lines) + "\n", targets
 
 
-def update_benchmarks_md(path: Path, body: str, command: str) -> None:
-    """Replace this script's section of BENCHMARKS.md (re-read now: others write other sections)."""
-    section = f"{SECTION_START}\n## Sleep\n\nCommand: `{command}`\n\n{body}{SECTION_END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION_START in text and SECTION_END in text:
-        before, rest = text.split(SECTION_START, 1)
-        after = rest.split(SECTION_END, 1)[1]
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -891,7 +838,11 @@ def main(argv: list[str] | None = None) -> None:
         memory_worker(args)
         return
 
-    info = machine_info(args.threads)
+    info = machine_info(
+        args.threads,
+        threads_note="torch.set_num_threads, also in the memory worker processes",
+        versions={"transformers": transformers.__version__},
+    )
     model = build_sleep(args.seed, args.window, args.loop_span)
     default_span = default_loop_span(model.engine().stack.family, MODEL["num_hidden_layers"])
     sources = file_digests(check_engine(model, args.window))
@@ -948,7 +899,7 @@ def main(argv: list[str] | None = None) -> None:
         command = " ".join(
             ["python", "benchmarks/bench_sleep.py", *(argv if argv is not None else sys.argv[1:])]
         )
-        update_benchmarks_md(args.output, body, command)
+        update_benchmarks_md(args.output, "bench_sleep", "Sleep", body, command)
         print(f"updated {args.output}", file=sys.stderr)
 
 

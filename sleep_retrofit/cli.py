@@ -17,7 +17,8 @@ import argparse
 import json
 import sys
 import time
-from typing import NoReturn
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 import torch
 
@@ -28,25 +29,32 @@ from .presets import PRESETS
 from .retrofit import FAST_WEIGHT_KINDS, format_parameter_count
 from .sleep import EVICTION_MODES
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+Number = TypeVar("Number", int, float)
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
+def _number_type(
+    parse: Callable[[str], Number], accept: Callable[[Number], bool], expected: str
+) -> Callable[[str], Number]:
+    """An argparse `type`: `parse(text)`, rejected (``expected {expected}, got ...``) when it
+    fails or when `accept` says no. A rejected int is shown as parsed; a rejected float as typed
+    (its repr could differ from what the user wrote, e.g. 1e-400 -> 0.0)."""
+
+    def parse_argument(text: str) -> Number:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            shown = value if isinstance(value, int) else repr(text)
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {shown}")
+        return value
+
+    return parse_argument
+
+
+_positive_int = _number_type(int, lambda value: value >= 1, "a positive integer")
+_non_negative_int = _number_type(int, lambda value: value >= 0, "a non-negative integer")
+_positive_float = _number_type(float, lambda value: value > 0, "a positive number")
 
 
 def _layer_list(text: str) -> list[int]:
@@ -60,16 +68,6 @@ def _layer_list(text: str) -> list[int]:
     if any(i < 0 for i in indices):
         raise argparse.ArgumentTypeError(f"layer indices must be >= 0, got {text!r}")
     return indices
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):

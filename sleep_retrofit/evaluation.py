@@ -408,18 +408,14 @@ def prepare_grid(spec: EvalSpec) -> _Grid:
         "dtype": spec.dtype,
     }
 
+    source = _GroupSource(spec, common, tokenizer, model_dir, vocab_size)
+    builders = {"rule110": _rule110_groups, "depo": _depo_groups, "gsm_infinite": _gsm_groups}
     groups: list[_DataGroup] = []
     for task in tasks:
         difficulties = _check_int_list(
             f"{task} difficulties ({DIFFICULTY_NAMES[task]})", spec.difficulties(task)
         )
-        options = _task_options(spec, task)
-        if task == "rule110":
-            groups += _rule110_groups(spec, difficulties, options, common, tokenizer, model_dir, vocab_size)
-        elif task == "depo":
-            groups += _depo_groups(spec, difficulties, options, common, tokenizer, model_dir, vocab_size)
-        else:
-            groups += _gsm_groups(spec, difficulties, options, common, tokenizer, model_dir)
+        groups += builders[task](source, difficulties, _task_options(spec, task))
 
     out_dir = Path(spec.out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
@@ -428,60 +424,61 @@ def prepare_grid(spec: EvalSpec) -> _Grid:
     return _Grid(spec, model_dir, out_dir, settings, vocab_size, tokenizer, cells)
 
 
+@dataclass(frozen=True)
+class _GroupSource:
+    """What every task's group builder reads besides its difficulties and options: the spec, the
+    setting fields common to all cells, and the model's tokenizer, directory and vocabulary size."""
+
+    spec: EvalSpec
+    common: dict[str, Any]
+    tokenizer: Any
+    model_dir: Path
+    vocab_size: int
+
+    def synthetic(self, task: Any, config: Any, axis: str) -> tuple[dict[str, int], int, dict[str, Any]]:
+        """A synthetic task's (token -> model id, pad id, cell setting); the setting holds the
+        task config's fields except the grid axis `axis`."""
+        ids = _symbol_ids(task, self.tokenizer, self.model_dir, self.vocab_size)
+        pad = _pad_id(self.tokenizer, task.vocabulary.pad_token_id)
+        fields = {k: v for k, v in dataclasses.asdict(config).items() if k != axis}
+        return ids, pad, {**self.common, **fields}
+
+
 def _rule110_groups(
-    spec: EvalSpec,
-    difficulties: Sequence[int],
-    options: dict[str, Any],
-    common: dict[str, Any],
-    tokenizer: Any,
-    model_dir: Path,
-    vocab_size: int,
+    source: _GroupSource, difficulties: Sequence[int], options: dict[str, Any]
 ) -> list[_DataGroup]:
     groups = []
     for t in difficulties:
         config = _make_config(Rule110Config, "rule110", **options, steps=t)
         task = Rule110Task(config)
-        ids = _symbol_ids(task, tokenizer, model_dir, vocab_size)
-        pad = _pad_id(tokenizer, task.vocabulary.pad_token_id)
-        setting = {**common, **{k: v for k, v in dataclasses.asdict(config).items() if k != "steps"}}
-        groups.append(_DataGroup("rule110", t, setting, _test_split(task, spec), (task, ids, pad)))
+        ids, pad, setting = source.synthetic(task, config, "steps")
+        groups.append(_DataGroup("rule110", t, setting, _test_split(task, source.spec), (task, ids, pad)))
     return groups
 
 
 def _depo_groups(
-    spec: EvalSpec,
-    difficulties: Sequence[int],
-    options: dict[str, Any],
-    common: dict[str, Any],
-    tokenizer: Any,
-    model_dir: Path,
-    vocab_size: int,
+    source: _GroupSource, difficulties: Sequence[int], options: dict[str, Any]
 ) -> list[_DataGroup]:
     groups = []
     base = _make_config(DepoConfig, "depo", **options)
+    tokenizer = source.tokenizer
     for k in difficulties:
         if not 1 <= k <= base.max_hops:
             _fail(f"depo hops (k) must be in [1, max_hops={base.max_hops}], got {k}")
         config = DepoConfig.for_test(hops=(k,), **options)
         task = DepoTask(config)
-        ids = _symbol_ids(task, tokenizer, model_dir, vocab_size)
-        pad = _pad_id(tokenizer, task.vocabulary.pad_token_id)
-        setting = {**common, **{f: v for f, v in dataclasses.asdict(config).items() if f != "hops"}}
+        ids, pad, setting = source.synthetic(task, config, "hops")
         # Predictions are read back through the whole model vocabulary (a wrong answer may be
         # any token); ids beyond it read as None.
         names = {i: token for token, i in (tokenizer.get_vocab() if tokenizer is not None else ids).items()}
-        groups.append(_DataGroup("depo", k, setting, _test_split(task, spec), (task, ids, pad, names)))
+        groups.append(_DataGroup("depo", k, setting, _test_split(task, source.spec), (task, ids, pad, names)))
     return groups
 
 
 def _gsm_groups(
-    spec: EvalSpec,
-    difficulties: Sequence[int],
-    options: dict[str, Any],
-    common: dict[str, Any],
-    tokenizer: Any,
-    model_dir: Path,
+    source: _GroupSource, difficulties: Sequence[int], options: dict[str, Any]
 ) -> list[_DataGroup]:
+    spec, tokenizer, model_dir = source.spec, source.tokenizer, source.model_dir
     if spec.subset is not None and spec.subset not in SUBSETS:
         _fail(f"unknown GSM-Infinite subset {spec.subset!r}; expected one of {list(SUBSETS)}")
     if spec.question_position not in QUESTION_POSITIONS:
@@ -495,7 +492,7 @@ def _gsm_groups(
             "save it there with tokenizer.save_pretrained(DIR)"
         )
     layout = {
-        **common,
+        **source.common,
         "question_position": spec.question_position,
         "answer_chunk": spec.answer_chunk,
         "max_new_tokens": spec.max_new_tokens,
@@ -1039,6 +1036,14 @@ def _task_option(text: str) -> tuple[str, str, Any]:
     return task, name, value
 
 
+# The command-line option of each task's difficulty axis: (option, task, metavar, what it is).
+_DIFFICULTY_OPTIONS = (
+    ("--steps", "rule110", "T", "Rule 110 steps t"),
+    ("--hops", "depo", "K", "Depo hops k"),
+    ("--ops", "gsm_infinite", "OP", "GSM-Infinite op counts"),
+)
+
+
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the evaluation options to `parser` (for ``sleep-retrofit eval`` and eval/evaluate.py);
     pair with :func:`run_eval`."""
@@ -1058,30 +1063,16 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         metavar="N",
         help="consolidation passes N to compare (default 1 2 4)",
     )
-    parser.add_argument(
-        "--steps",
-        nargs="+",
-        type=int,
-        default=list(DEFAULT_DIFFICULTIES["rule110"]),
-        metavar="T",
-        help="Rule 110 steps t (default 4 8 16 32)",
-    )
-    parser.add_argument(
-        "--hops",
-        nargs="+",
-        type=int,
-        default=list(DEFAULT_DIFFICULTIES["depo"]),
-        metavar="K",
-        help="Depo hops k (default 1 2 4 8 16)",
-    )
-    parser.add_argument(
-        "--ops",
-        nargs="+",
-        type=int,
-        default=list(DEFAULT_DIFFICULTIES["gsm_infinite"]),
-        metavar="OP",
-        help="GSM-Infinite op counts (default 2 4 6 8)",
-    )
+    for option, task, metavar, axis in _DIFFICULTY_OPTIONS:
+        defaults = DEFAULT_DIFFICULTIES[task]
+        parser.add_argument(
+            option,
+            nargs="+",
+            type=int,
+            default=list(defaults),
+            metavar=metavar,
+            help=f"{axis} (default {' '.join(map(str, defaults))})",
+        )
     parser.add_argument(
         "--num-examples", type=int, default=200, metavar="N", help="test examples per cell (default 200)"
     )

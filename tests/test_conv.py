@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import requires_cuda
+from helpers import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,15 +22,6 @@ from sleep_retrofit.kernels import (
 # derandomize: the same examples on every run, so CI never flakes on a lucky draw; the same
 # properties were checked on thousands of random examples while writing the kernels.
 FAST = settings(max_examples=25, deadline=None, derandomize=True)
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected| (0 when both are all zero or empty)."""
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    if expected.numel() == 0:
-        return 0.0
-    scale = expected.detach().abs().max().clamp_min(1e-30)
-    return ((actual.detach() - expected.detach()).abs().max() / scale).item()
 
 
 def torch_reference(x, weight, bias=None, activation=None, initial_state=None):

@@ -36,13 +36,7 @@ WINDOW = 24
 DEPO_OPTIONS = {"max_nodes": 6, "num_queries": 3}  # 24 context tokens (one chunk), 18 target tokens
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is several times faster than two on the shared 2-core machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _converted_model(tokenizer, window: int, directory: Path) -> Path:

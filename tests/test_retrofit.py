@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from conftest import requires_cuda
+from helpers import randomise_output_projections, tiny_llama_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
@@ -38,23 +39,9 @@ def make_block(kind: str, intermediate_size: int | None, seed: int = 0) -> FastW
     return FastWeightBlock(kind, HIDDEN, intermediate_size=intermediate_size)
 
 
-def randomise_output_projections(block: FastWeightBlock, seed: int = 1) -> None:
-    """Give the zero-initialised projections weights, as training would, so the block does something."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for projection in block.output_projections():
-            projection.weight.copy_(0.05 * torch.randn(projection.weight.shape, generator=generator))
-
-
-def tiny_llama_config(model_config=LlamaConfig, num_layers: int = 8) -> object:
-    return model_config(
-        vocab_size=64,
-        hidden_size=HIDDEN,
-        intermediate_size=128,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+def llama_family_config(model_config=LlamaConfig, num_layers: int = 8) -> object:
+    """The tiny Llama sizes (width HIDDEN, vocabulary 64) with `num_layers` layers, as `model_config`."""
+    return tiny_llama_config(model_config, vocab_size=64, hidden_size=HIDDEN, num_hidden_layers=num_layers)
 
 
 OURO_1_4B = dict(
@@ -274,10 +261,10 @@ def test_jet_nemotron_default_plan_is_empty() -> None:
 
 @pytest.mark.parametrize("model_config", [LlamaConfig, Qwen2Config, Qwen3Config, MistralConfig])
 def test_llama_family_default_plan_is_gdn_every_fourth_layer(model_config) -> None:
-    config = tiny_llama_config(model_config, num_layers=16)
+    config = llama_family_config(model_config, num_layers=16)
     plan = default_plan(config)
     assert (plan.kind, plan.insert_after, plan.with_mlp) == ("gdn", [3, 7, 11, 15], False)
-    assert default_plan(tiny_llama_config(model_config, num_layers=2)).insert_after == [1]
+    assert default_plan(llama_family_config(model_config, num_layers=2)).insert_after == [1]
     other = default_plan(config, kind="mamba2", with_mlp=True)
     assert (other.kind, other.insert_after, other.with_mlp) == ("mamba2", [3, 7, 11, 15], True)
     assert other.mixer_kwargs == default_mixer_kwargs("mamba2", HIDDEN)
@@ -291,7 +278,7 @@ def test_default_plan_rejects_unsupported_models() -> None:
 def test_plan_validation_messages() -> None:
     plan = FastWeightPlan("gdn", [2, 8])
     with pytest.raises(ValueError, match=r"\[8\] outside the base model's layers: valid range is \[0, 8\)"):
-        build_fast_weight_blocks(tiny_llama_config(num_layers=8), plan)
+        build_fast_weight_blocks(llama_family_config(num_layers=8), plan)
     with pytest.raises(
         ValueError, match=r"unknown fast-weight kind 'rwkv'; expected one of jet\|gdn\|mamba2"
     ):
@@ -326,7 +313,7 @@ def test_plan_round_trips_through_json() -> None:
 
 
 def test_build_blocks_follow_the_plan_and_the_base_config() -> None:
-    config = tiny_llama_config(num_layers=8)
+    config = llama_family_config(num_layers=8)
     config.rms_norm_eps = 1e-5
     plan = FastWeightPlan("jet", [0, 5], with_mlp=True, mixer_kwargs={"num_heads": 2, "head_dim": 16})
     blocks = build_fast_weight_blocks(config, plan)
@@ -346,7 +333,7 @@ def test_build_blocks_follow_the_plan_and_the_base_config() -> None:
 def test_parameter_report_counts() -> None:
     from transformers import AutoModelForCausalLM
 
-    config = tiny_llama_config(num_layers=8)
+    config = llama_family_config(num_layers=8)
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(config)
     blocks = build_fast_weight_blocks(config, default_plan(config))

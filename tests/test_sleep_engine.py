@@ -11,15 +11,15 @@ identity most of these invariants would hold trivially.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
-from conftest import FIXTURES, requires_cuda
+from conftest import requires_cuda
+from helpers import load_fixture_model, random_ids, randomise_fast_weights, tiny_llama_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 import sleep_retrofit  # noqa: F401  (registers the native families and the converted model)
 from sleep_retrofit.layers import FastWeightState
@@ -30,45 +30,14 @@ L = 8  # chunk length of every test here unless said otherwise
 FAMILIES = ("llama", "jet_nemotron", "ouro")
 ATOL = 1e-4  # chunked vs recurrent kernels and differently shaped matmuls differ by ~1e-5
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models are dispatch-bound: one thread is faster, and on a busy 2-core machine two
-    # threads have made these tests 10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randomise_fast_weights(model: SleepRetrofitForCausalLM, seed: int = 1) -> None:
-    """Give the zero-initialised output projections of inserted blocks small random values."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for block in model.fast_weights.values():
-            for projection in block.output_projections():
-                projection.weight.copy_(0.05 * torch.randn(projection.weight.shape, generator=generator))
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=100,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=8,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
-    return LlamaForCausalLM(config).eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_base(family: str) -> nn.Module:
     if family == "llama":
-        return tiny_llama()
-    directory = {"jet_nemotron": "jet_nemotron_tiny", "ouro": "ouro_tiny"}[family]
-    return AutoModelForCausalLM.from_pretrained(FIXTURES / directory).eval()
+        torch.manual_seed(0)
+        return LlamaForCausalLM(tiny_llama_config(max_position_embeddings=512)).eval()
+    return load_fixture_model(family)
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +50,6 @@ def models() -> dict[str, SleepRetrofitForCausalLM]:
         converted[family] = model
     assert len(converted["llama"].fast_weights) == 2 and len(converted["ouro"].fast_weights) == 2
     return converted
-
-
-def random_ids(batch: int, length: int, seed: int = 0, vocab: int = 100) -> torch.Tensor:
-    return torch.randint(1, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 def feed(engine: SleepEngine, embeds: torch.Tensor, splits: list[int], padding_mask=None) -> torch.Tensor:

@@ -12,12 +12,12 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURES, requires_cuda
+from conftest import requires_cuda
+from helpers import load_fixture_model, random_ids, randomise_fast_weights, tiny_llama_config
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -38,30 +38,17 @@ ATOL = 1e-4
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models are dispatch-bound: one thread is faster and steadier on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(config_class=LlamaConfig, **overrides):
     values = dict(
-        vocab_size=100,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=8,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=512,
         bos_token_id=None,
         eos_token_id=None,  # greedy runs of a random model must not stop early
         pad_token_id=0,
     )
-    values.update(overrides)
-    return config_class(**values)
+    return tiny_llama_config(config_class, **{**values, **overrides})
 
 
 def load_base(family: str, seed: int = 0) -> nn.Module:
@@ -70,17 +57,7 @@ def load_base(family: str, seed: int = 0) -> nn.Module:
         return LlamaForCausalLM(tiny_config()).eval()
     if family == "qwen2":
         return Qwen2ForCausalLM(tiny_config(Qwen2Config)).eval()
-    directory = {"jet_nemotron": "jet_nemotron_tiny", "ouro": "ouro_tiny"}[family]
-    return AutoModelForCausalLM.from_pretrained(FIXTURES / directory).eval()
-
-
-def randomise_fast_weights(model: SleepRetrofitForCausalLM, seed: int = 1) -> None:
-    """Inserted blocks are the identity at insertion; give their output projections weights."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for block in model.fast_weights.values():
-            for projection in block.output_projections():
-                projection.weight.copy_(0.05 * torch.randn(projection.weight.shape, generator=generator))
+    return load_fixture_model(family)
 
 
 def convert(family: str, **settings) -> SleepRetrofitForCausalLM:
@@ -103,10 +80,6 @@ def saved(models, tmp_path_factory) -> dict[str, Path]:
         directories[family] = tmp_path_factory.mktemp(family)
         model.save_pretrained(directories[family])
     return directories
-
-
-def random_ids(batch: int, length: int, seed: int = 0, vocab: int = 100) -> torch.Tensor:
-    return torch.randint(1, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 # ------------------------------------------------------------ conversion is the identity

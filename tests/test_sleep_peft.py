@@ -5,13 +5,11 @@ the adapter saves (safetensors) and reloads onto a freshly converted model with 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
-from conftest import FIXTURES
+from helpers import load_fixture_model, random_ids, tiny_llama_config
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 import sleep_retrofit  # noqa: F401  (registers the native families and the converted model)
 from sleep_retrofit.modeling import SleepRetrofitForCausalLM
@@ -20,42 +18,22 @@ from sleep_retrofit.sleep import SleepSettings
 L = 8
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny models are dispatch-bound: one thread is faster and steadier on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fresh_converted(family: str) -> SleepRetrofitForCausalLM:
     """The same conversion every time: a seeded tiny Llama, or the Ouro fixture."""
     if family == "llama":
         torch.manual_seed(0)
-        config = LlamaConfig(
-            vocab_size=100,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=8,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            eos_token_id=None,
-        )
-        base = LlamaForCausalLM(config)
+        base = LlamaForCausalLM(tiny_llama_config(eos_token_id=None))
     else:
-        base = AutoModelForCausalLM.from_pretrained(FIXTURES / "ouro_tiny")
+        base = load_fixture_model(family)
     settings = SleepSettings(passes=2, window=L)
     return SleepRetrofitForCausalLM.from_base(base.eval(), settings=settings).eval()
 
 
 def lora_config() -> LoraConfig:
     return LoraConfig(r=4, lora_alpha=8, target_modules=PROJECTIONS, modules_to_save=["fast_weights"])
-
-
-def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(1, 100, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 def perturb_trainable(model: torch.nn.Module, seed: int, only: str | None = None) -> None:

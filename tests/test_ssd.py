@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import requires_cuda
+from helpers import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,15 +18,6 @@ from sleep_retrofit.kernels import ssd_chunk_scan, ssd_sequential_scan, ssd_step
 # properties were checked on thousands of random examples while writing the kernels.
 FAST = settings(max_examples=25, deadline=None, derandomize=True)
 TOL = 1e-5  # fp32 relative error budget (design invariant 1)
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected| (0 when both are all zero or empty)."""
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    if expected.numel() == 0:
-        return 0.0
-    scale = expected.detach().abs().max().clamp_min(1e-30)
-    return ((actual.detach() - expected.detach()).abs().max() / scale).item()
 
 
 def make_inputs(B, T, H, P, G, N, *, seed, dtype=torch.float32, options=(True, True, True, True)):
