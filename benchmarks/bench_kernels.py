@@ -20,10 +20,7 @@ the process actually ran.
 
 The recurrent kernels cost the same per token at any T (one state update per token), so at
 long T they are timed on a prefix of `--recurrent-tokens` tokens and their tokens/s
-extrapolated; the table says how many tokens were timed. The SSD chunked kernel materialises
-per-chunk masks and states for the whole sequence at once; where that would exceed
-`--memory-gb` it is run over consecutive segments with the state carried across (same
-result), and the table says the segment length.
+extrapolated; the table says how many tokens were timed.
 
 FLOP counts (multiply-add = 2 FLOPs; the matrix products each algorithm executes, elementwise
 work not counted), per token and head, chunk C, key dim K, value dim V:
@@ -231,23 +228,7 @@ def ssd_flops_per_token(chunk: int) -> tuple[float, float]:
     return 2 * L * N * G + 2 * L * P * H + 4 * P * N * H, 5 * P * N * H
 
 
-def ssd_bytes_per_token(chunk: int) -> float:
-    """Rough peak memory of kernels/ssd.py's chunked scan per token (all heads): decay masks and
-    scores (~6 L floats per head), x-sized tensors (~4 P), per-chunk writes and start states
-    (2 P N / L). Matches a measured 172 KB/token at L=64 within ~10%."""
-    return 4 * SSD_HEADS * (6 * chunk + 4 * SSD_P + 2 * SSD_P * SSD_N / chunk)
-
-
-def ssd_segmented(chunk_scan, inputs, segment: int, chunk: int):
-    """The chunked scan over consecutive segments, final state carried into the next."""
-    state, seq_len = None, inputs["x"].shape[1]
-    for start in range(0, seq_len, segment):
-        piece = {n: (x[:, start : start + segment] if n != "A" else x) for n, x in inputs.items()}
-        _, state = chunk_scan(**piece, initial_state=state, output_final_state=True, chunk_size=chunk)
-    return state
-
-
-def bench_ssd(batches, seq_lens, chunk: int, recurrent_cap: int, memory_gb: float) -> list[Row]:
+def bench_ssd(batches, seq_lens, chunk: int, recurrent_cap: int) -> list[Row]:
     functions = ssd_functions()
     if functions is None:
         return []
@@ -258,21 +239,14 @@ def bench_ssd(batches, seq_lens, chunk: int, recurrent_cap: int, memory_gb: floa
         warm = ssd_inputs(batch, 2 * chunk)
         chunk_scan(**warm, chunk_size=chunk)
         sequential_scan(**prefix(warm, 8))
-        budget_tokens = int(memory_gb * 2**30 / ssd_bytes_per_token(chunk) / batch)
         for seq_len in seq_lens:
             inputs = ssd_inputs(batch, seq_len)
-            segment = seq_len
-            if seq_len > budget_tokens:
-                segment = max(chunk, 2 ** (budget_tokens.bit_length() - 1))  # a power of two
-            seconds = best_time(
-                lambda inputs=inputs, segment=segment: ssd_segmented(chunk_scan, inputs, segment, chunk)
-            )
+            seconds = best_time(lambda inputs=inputs: chunk_scan(**inputs, chunk_size=chunk))
             chunked = batch * seq_len / seconds
             timed = min(seq_len, recurrent_cap)
             short = prefix(inputs, timed)
             seconds = best_time(lambda short=short: sequential_scan(**short), repeats=5, budget_s=10.0)
             sequential = batch * timed / seconds
-            note = f"segments of {segment}" if segment < seq_len else ""
             rows.append(
                 Row(
                     batch=batch,
@@ -282,7 +256,7 @@ def bench_ssd(batches, seq_lens, chunk: int, recurrent_cap: int, memory_gb: floa
                     recurrent_timed=timed,
                     chunked_gflops=chunked * chunk_flops / 1e9,
                     recurrent_gflops=sequential * sequential_flops / 1e9,
-                    note=note,
+                    note="",
                 )
             )
             del inputs, short
@@ -378,12 +352,6 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="time recurrent kernels on at most this many tokens (default 512; quick 64)",
     )
-    parser.add_argument(
-        "--memory-gb",
-        type=float,
-        default=3.0,
-        help="run the SSD chunked scan in segments above this estimated peak",
-    )
     parser.add_argument("--batches", type=int, nargs="+", help="override the batch sizes")
     parser.add_argument("--seq-lens", type=int, nargs="+", help="override the sequence lengths")
     parser.add_argument("--no-ssd", action="store_true")
@@ -406,9 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     matmul_start = matmul_gflops()
     gdn_rows, shares = bench_gdn(batches, seq_lens, args.chunk_size, recurrent_cap)
     sweep = {} if args.quick else gdn_chunk_sweep((16, 32, 64, 128))
-    ssd_rows = (
-        [] if args.no_ssd else bench_ssd(batches, seq_lens, args.chunk_size, recurrent_cap, args.memory_gb)
-    )
+    ssd_rows = [] if args.no_ssd else bench_ssd(batches, seq_lens, args.chunk_size, recurrent_cap)
     matmul_end = matmul_gflops()
     wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
     info["timing"] = (
