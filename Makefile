@@ -32,6 +32,8 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_kernels.py
+	$(PY) benchmarks/bench_sleep.py
+	$(PY) benchmarks/bench_checkpointing.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
