@@ -24,6 +24,7 @@ def build_toy_hybrid(
     num_layers: int = 4,
     num_heads: int = 4,
     gdn_heads: int | None = None,
+    gdn_head_dim: int | None = None,
     intermediate_size: int | None = None,
     max_position_embeddings: int = 4096,
     passes: int = 1,
@@ -37,7 +38,9 @@ def build_toy_hybrid(
 ) -> SleepRetrofitForCausalLM:
     """A randomly initialised toy hybrid of `num_layers` blocks (even: half attention, half GDN).
 
-    gdn_heads: GDN heads (head_dim = hidden_size // gdn_heads, expand_v 1); default num_heads.
+    gdn_heads: GDN heads; default num_heads.
+    gdn_head_dim: GDN head size (expand_v 1); default hidden_size // gdn_heads. Set it to widen
+        the fast-weight state with more heads of a fixed size (a compute-matched baseline).
     The loop body spans the whole stack, as in the paper's toy model.
     """
     if num_layers < 2 or num_layers % 2:
@@ -45,8 +48,10 @@ def build_toy_hybrid(
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
     gdn_heads = num_heads if gdn_heads is None else gdn_heads
-    if hidden_size % gdn_heads:
-        raise ValueError(f"hidden_size {hidden_size} must be divisible by gdn_heads {gdn_heads}")
+    if gdn_head_dim is None:
+        if hidden_size % gdn_heads:
+            raise ValueError(f"hidden_size {hidden_size} must be divisible by gdn_heads {gdn_heads}")
+        gdn_head_dim = hidden_size // gdn_heads
     attention_layers = num_layers // 2
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -66,7 +71,7 @@ def build_toy_hybrid(
         "gdn",
         list(range(attention_layers)),
         with_mlp=True,
-        mixer_kwargs={"num_heads": gdn_heads, "head_dim": hidden_size // gdn_heads, "expand_v": 1},
+        mixer_kwargs={"num_heads": gdn_heads, "head_dim": gdn_head_dim, "expand_v": 1},
     ).resolve(hidden_size)
     settings = SleepSettings(passes=passes, window=window, eviction=eviction, loop_span=(0, attention_layers))
     generator_state = torch.random.get_rng_state()

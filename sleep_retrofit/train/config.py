@@ -69,12 +69,15 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """The training task. `options` are fields of the task's config (Rule110Config, DepoConfig,
-    GSMInfiniteConfig); `path` reads GSM-Infinite Hub files instead of generating problems."""
+    GSMInfiniteConfig); `path` reads GSM-Infinite Hub files instead of generating problems.
+    `mixture`: a list of option overrides (e.g. `[{steps: 0}, {steps: 1}, {steps: 2}]`); the
+    examples are split evenly over them and shuffled (a uniform mixture of difficulties)."""
 
     task: str = "rule110"
     train_examples: int = 10_000
     eval_examples: int = 256
     options: dict[str, Any] = field(default_factory=dict)
+    mixture: list[dict[str, Any]] = field(default_factory=list)
     path: str | None = None
     seed: int = 0
 
@@ -349,6 +352,10 @@ def validate(config: TrainConfig) -> None:
     _positive_int("data.eval_examples", data.eval_examples)
     if not isinstance(data.options, dict):
         raise ConfigError(f"data.options must be a mapping of task config fields, got {data.options!r}")
+    if not isinstance(data.mixture, list) or not all(isinstance(m, dict) for m in data.mixture):
+        raise ConfigError(f"data.mixture must be a list of option mappings, got {data.mixture!r}")
+    if data.mixture and data.path is not None:
+        raise ConfigError("data.mixture applies to generated data; it cannot be combined with data.path")
     if data.path is not None and not Path(data.path).expanduser().exists():
         raise ConfigError(f"data.path does not exist: {data.path}")
     if data.path is not None and data.task != "gsm_infinite":

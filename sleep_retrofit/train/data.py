@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -64,8 +66,17 @@ def training_tokenizer(config: TrainConfig, model_tokenizer: Any) -> Any:
 
 
 def build_rows(config: TrainConfig, split: str, count: int, tokenizer: Any) -> list[dict[str, Any]]:
-    """`count` rows of `split` with the sleep-layout features."""
+    """`count` rows of `split` with the sleep-layout features (a shuffled, even mixture over
+    `data.mixture` when it is set)."""
     data = config.data
+    if data.mixture:
+        rows: list[dict[str, Any]] = []
+        for i, overrides in enumerate(data.mixture):
+            share = count // len(data.mixture) + (i < count % len(data.mixture))
+            part = replace(data, options={**data.options, **overrides}, mixture=[], seed=data.seed + 7919 * i)
+            rows += build_rows(replace(config, data=part), split, share, tokenizer)
+        random.Random(data.seed).shuffle(rows)
+        return rows
     try:
         if data.task != "gsm_infinite":
             return list(build_dataset(data.task, split, count, seed=data.seed, **data.options))

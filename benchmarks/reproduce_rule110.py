@@ -1,0 +1,765 @@
+"""Reproduce the paper's N-trend on Rule 110 with this toolkit (issue 7, items 1 and 3).
+
+    python benchmarks/reproduce_rule110.py --profile cpu                  # N = 1 2 3 x 2 seeds
+    python benchmarks/reproduce_rule110.py --profile cpu --passes 1 2 3 4 --seeds 3
+    python benchmarks/reproduce_rule110.py --profile cpu --arm sleep n1-long n1-wide
+    python benchmarks/reproduce_rule110.py --profile smoke                # plumbing, < 2 min
+    python benchmarks/reproduce_rule110.py --profile gpu --jobs 1         # the paper's setting
+    python benchmarks/reproduce_rule110.py --profile cpu --dry-run        # the job plan only
+
+Every run trains the toolkit's toy hybrid (`sleep_retrofit.toy.build_toy_hybrid`: attn -> GDN ->
+attn -> GDN, the loop over the whole stack) from scratch with hard eviction, through the
+toolkit's own trainer (`sleep_retrofit.train.train`, one stage: `stages=[stage2]`, everything
+trains, hard eviction; stage 1's fast-weights-only warm-up is for retrofits of pretrained
+models, a from-scratch model has nothing to keep frozen). Then it scores the trained model on
+the held-out test split with the evaluation grid (`sleep_retrofit.evaluation.run_grid`): exact
+match (all labels right) and per-label accuracy, for every t of the evaluation list.
+
+Arms (`--arm`, several allowed):
+- `sleep`: one run per N in `--passes` and seed, all at the same token budget.
+- `n1-long`: N = 1 trained for N_best times the steps (`--n-best`, default max(--passes)):
+  the same training FLOPs as N_best passes, spent on more data instead of more passes.
+- `n1-wide`: N = 1 with more GDN heads (same head size, so a wider state) chosen so that the
+  per-token matmul FLOPs (2 x non-embedding parameters) are N_best times the N = 1 model's
+  (`--wide-gdn-heads` overrides the count).
+
+Training mixes t uniformly over `--train-t` through the trainer's `data.mixture` (one
+`{steps: t}` entry per t: the examples are split evenly over them and shuffled).
+
+Independent runs go to parallel subprocesses with one torch thread each (`--jobs`,
+`--threads`): on the 2-core CPU machine two single-thread jobs ran at full speed where one
+2-thread job gave erratic step times (issue 7). Each job lives in `OUT/jobs/<name>/` (the
+trainer's stage directory, its final model, the evaluation grid's results.json and a
+summary.json); a rerun skips finished jobs and the trainer resumes unfinished ones from their
+checkpoints. `OUT/results.json`, `OUT/results.md` (mean, sample standard deviation and range
+over seeds, per arm and t) and `OUT/accuracy.png` collect them.
+
+Profiles (expected wall time):
+- `cpu`: d=64, W=16 (L=16), t mixed in {0..4}, batch 128, AdamW 2e-3, 100 warm-up steps, cosine
+  to 0, clip 1.0, 1,300 steps (11.5M tokens at T=69). About 6.5 min x N per job on one core
+  (issue 7's prototype): N = 1, 2, 3 x 2 seeds is ~78 core-minutes, ~40-45 min as 2 parallel
+  jobs; adding N = 4 (~52), n1-long (~39) and n1-wide (~35, estimated) brings it to ~100-110 min.
+- `gpu`: the paper: W=24, d=256, L=24, t=32 fixed (`--train-t` to change it; the paper trained
+  one t per run), batch 512 (64 x 8 accumulation), Muon 2e-3 + AdamW 5e-5, 100 warm-up steps,
+  bf16, ~5B tokens (96,700 steps at T=101), evaluated at t = 4, 8, 16, 32. The paper reports
+  under one A6000-day per run; on one H100 expect roughly 8-16 h per N = 1 run and about N
+  times that for N passes (an estimate from the FLOP count and per-chunk launch overheads, not
+  measured). For the paper's ~40M-token N = 1 curve use `--max-steps 775`.
+- `smoke`: d=32, W=8, 3 strings, 20 steps of batch 16, 64 test examples per t; checks the
+  plumbing, finishes in under 2 minutes on the CPU machine. Its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+ARMS = ("sleep", "n1-long", "n1-wide")
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One preset of the harness: model, task sizes, optimiser and budget."""
+
+    name: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    width: int  # W, bits per string; also the window L (each string its own chunk)
+    num_strings: int
+    train_t: tuple[int, ...]
+    eval_t: tuple[int, ...]
+    max_steps: int
+    batch_size: int
+    gradient_accumulation_steps: int
+    optimizer: str
+    muon_lr: float
+    adamw_lr: float
+    warmup_steps: int
+    min_lr_ratio: float
+    max_grad_norm: float | None
+    mixed_precision: str
+    eval_examples: int
+    eval_batch_size: int
+    passes: tuple[int, ...] = (1, 2, 3)
+    seeds: int = 2
+    jobs: int = 2
+    threads: int | None = 1  # torch threads per job; None = torch's default
+    device: str | None = "cpu"
+    # Rows held in memory; beyond this the run takes several epochs over them (None = one epoch).
+    max_train_examples: int | None = None
+    expected: str = ""
+
+    @property
+    def tokens_per_example(self) -> int:
+        """S*W context tokens, the query token and S labels."""
+        return self.num_strings * self.width + 1 + self.num_strings
+
+    def tokens(self, steps: int) -> int:
+        return steps * self.batch_size * self.gradient_accumulation_steps * self.tokens_per_example
+
+
+PROFILES: dict[str, Profile] = {
+    "cpu": Profile(
+        name="cpu",
+        hidden_size=64,
+        num_layers=4,
+        num_heads=4,
+        width=16,
+        num_strings=4,
+        train_t=(0, 1, 2, 3, 4),
+        eval_t=(0, 1, 2, 3, 4),
+        max_steps=1300,
+        batch_size=128,
+        gradient_accumulation_steps=1,
+        optimizer="adamw",
+        muon_lr=0.0,
+        adamw_lr=2e-3,
+        warmup_steps=100,
+        min_lr_ratio=0.0,
+        max_grad_norm=1.0,
+        mixed_precision="no",
+        eval_examples=1000,
+        eval_batch_size=250,
+        expected="~6.5 min x N per job on one core; N=1,2,3 x 2 seeds with --jobs 2: ~40-45 min",
+    ),
+    "gpu": Profile(
+        name="gpu",
+        hidden_size=256,
+        num_layers=4,
+        num_heads=4,
+        width=24,
+        num_strings=4,
+        train_t=(32,),
+        eval_t=(4, 8, 16, 32),
+        max_steps=96_700,
+        batch_size=64,
+        gradient_accumulation_steps=8,
+        optimizer="muon",
+        muon_lr=2e-3,
+        adamw_lr=5e-5,
+        warmup_steps=100,
+        min_lr_ratio=0.1,
+        max_grad_norm=1.0,
+        mixed_precision="bf16",
+        eval_examples=1000,
+        eval_batch_size=500,
+        passes=(1, 2, 3, 4),
+        seeds=1,
+        jobs=1,
+        threads=None,
+        device=None,
+        max_train_examples=400_000,  # as recipes/configs/rule110_paper.yaml; ~120 epochs at 5B tokens
+        expected="paper: < 1 A6000-day per run; estimate (unmeasured) 8-16 h per N=1 run on one H100, ~N x",
+    ),
+    "smoke": Profile(
+        name="smoke",
+        hidden_size=32,
+        num_layers=4,
+        num_heads=4,
+        width=8,
+        num_strings=3,
+        train_t=(0, 1, 2, 3, 4),
+        eval_t=(0, 1, 2, 3, 4),
+        max_steps=20,
+        batch_size=16,
+        gradient_accumulation_steps=1,
+        optimizer="adamw",
+        muon_lr=0.0,
+        adamw_lr=2e-3,
+        warmup_steps=2,
+        min_lr_ratio=0.0,
+        max_grad_norm=1.0,
+        mixed_precision="no",
+        eval_examples=64,
+        eval_batch_size=64,
+        expected="< 2 min on the 2-core CPU machine",
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- the job plan
+@dataclass
+class Job:
+    """One training + evaluation run, written as JSON for the worker process."""
+
+    name: str
+    arm: str
+    passes: int
+    seed: int
+    steps: int
+    directory: str
+    train_config: dict[str, Any]
+    train_t: list[int]
+    eval_t: list[int]
+    eval_examples: int
+    eval_batch_size: int
+    device: str | None
+    threads: int | None
+    wide_gdn_heads: int | None = None
+    label: str = ""
+    tokens: int = 0
+    cost: int = 0  # steps x passes (x n_best for n1-wide): longest first keeps the workers busy
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def train_config_dict(
+    profile: Profile, passes: int, seed: int, steps: int, output_dir: Path
+) -> dict[str, Any]:
+    """The trainer config (`sleep_retrofit.train.config_from_dict`) of one run."""
+    examples = steps * profile.batch_size * profile.gradient_accumulation_steps
+    if profile.max_train_examples is not None:
+        examples = min(examples, profile.max_train_examples)
+    stage = {
+        "max_steps": steps,
+        "eviction": "hard",
+        "finetune": "full",
+        "optimizer": profile.optimizer,
+        "muon_lr": profile.muon_lr,
+        "adamw_lr": profile.adamw_lr,
+        "warmup_steps": profile.warmup_steps,
+        "min_lr_ratio": profile.min_lr_ratio,
+    }
+    return {
+        "output_dir": str(output_dir),
+        "seed": seed,
+        # From scratch, everything trains: the single full stage under hard eviction.
+        "stages": ["stage2"],
+        "batch_size": profile.batch_size,
+        "gradient_accumulation_steps": profile.gradient_accumulation_steps,
+        "eval_batch_size": profile.eval_batch_size,
+        "mixed_precision": profile.mixed_precision,
+        "max_grad_norm": profile.max_grad_norm,
+        "save_every": max(1, min(steps, 500)),
+        "save_total_limit": 1,
+        "log_every": max(1, min(25, steps)),
+        "progress": False,
+        "model": {
+            "source": "toy",
+            "hidden_size": profile.hidden_size,
+            "num_layers": profile.num_layers,
+            "num_heads": profile.num_heads,
+            "passes": passes,
+            "window": profile.width,
+            "eviction": "hard",
+        },
+        "data": {
+            "task": "rule110",
+            # One epoch of fresh examples (no example seen twice) unless the profile caps it.
+            "train_examples": examples,
+            "eval_examples": min(256, profile.eval_examples),
+            "options": {"width": profile.width, "num_strings": profile.num_strings},
+            "seed": seed,
+        },
+        "stage2": stage,
+    }
+
+
+def plan_jobs(
+    profile: Profile,
+    out_dir: Path,
+    *,
+    passes: Sequence[int],
+    seeds: int,
+    arms: Sequence[str],
+    n_best: int | None = None,
+    max_steps: int | None = None,
+    train_t: Sequence[int] | None = None,
+    eval_t: Sequence[int] | None = None,
+    eval_examples: int | None = None,
+    wide_gdn_heads: int | None = None,
+    threads: int | None = None,
+) -> list[Job]:
+    """Every (arm, N, seed) run of the harness, in the order they are started."""
+    if not passes or any(not isinstance(n, int) or n < 1 for n in passes):
+        raise ValueError(f"passes must be a non-empty list of ints >= 1, got {list(passes)!r}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or not arms:
+        raise ValueError(f"arm must be some of {list(ARMS)}, got {list(arms)!r}")
+    n_best = max(passes) if n_best is None else n_best
+    if n_best < 1:
+        raise ValueError(f"n_best must be >= 1, got {n_best}")
+    steps = profile.max_steps if max_steps is None else max_steps
+    if steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {steps}")
+    train_t = list(profile.train_t if train_t is None else train_t)
+    eval_t = list(profile.eval_t if eval_t is None else eval_t)
+    for name, values in (("train_t", train_t), ("eval_t", eval_t)):
+        if not values or any(not isinstance(t, int) or t < 0 for t in values):
+            raise ValueError(f"{name} must be a non-empty list of ints >= 0, got {values!r}")
+    threads = profile.threads if threads is None else threads
+
+    runs: list[tuple[str, int, int, str, int | None]] = []  # arm, N, steps, label, wide heads
+    if "sleep" in arms:
+        runs += [("sleep", n, steps, f"N={n}", None) for n in dict.fromkeys(passes)]
+    if "n1-long" in arms:
+        runs.append(("n1-long", 1, steps * n_best, f"N=1 long (x{n_best} steps)", None))
+    if "n1-wide" in arms:
+        heads = wide_gdn_heads if wide_gdn_heads is not None else flop_matched_gdn_heads(profile, n_best)
+        runs.append(("n1-wide", 1, steps, f"N=1 wide ({heads} GDN heads)", heads))
+
+    jobs = []
+    # Seed-major order: with 2 parallel jobs a wave holds comparable runs.
+    for seed in range(seeds):
+        for arm, n, arm_steps, label, heads in runs:
+            name = f"{arm}_N{n}_seed{seed}" if arm == "sleep" else f"{arm}_seed{seed}"
+            directory = out_dir / "jobs" / name
+            jobs.append(
+                Job(
+                    name=name,
+                    arm=arm,
+                    passes=n,
+                    seed=seed,
+                    steps=arm_steps,
+                    directory=str(directory),
+                    train_config=train_config_dict(profile, n, seed, arm_steps, directory / "train"),
+                    train_t=train_t,
+                    eval_t=eval_t,
+                    eval_examples=profile.eval_examples if eval_examples is None else eval_examples,
+                    eval_batch_size=profile.eval_batch_size,
+                    device=profile.device,
+                    threads=threads,
+                    wide_gdn_heads=heads,
+                    label=label,
+                    tokens=profile.tokens(arm_steps),
+                    cost=arm_steps * (n_best if arm == "n1-wide" else n),
+                )
+            )
+    return jobs
+
+
+# ----------------------------------------------------------------------------- models
+def build_wide_toy(profile: Profile, vocab_size: int, gdn_heads: int, *, passes: int = 1, seed: int = 0):
+    """The toy hybrid with `gdn_heads` GDN heads of the default head size (hidden / num_heads),
+    so its state is gdn_heads / num_heads times the default's."""
+    from sleep_retrofit.toy import build_toy_hybrid
+
+    return build_toy_hybrid(
+        vocab_size,
+        hidden_size=profile.hidden_size,
+        num_layers=profile.num_layers,
+        num_heads=profile.num_heads,
+        gdn_heads=gdn_heads,
+        gdn_head_dim=profile.hidden_size // profile.num_heads,
+        passes=passes,
+        window=profile.width,
+        eviction="hard",
+        seed=seed,
+    )
+
+
+def _matmul_parameters(model: Any) -> int:
+    """Parameters that cost 2 FLOPs per token in the forward pass: all but the embeddings."""
+    embedding = model.get_input_embeddings().weight
+    return sum(p.numel() for p in model.parameters() if p is not embedding)
+
+
+def flop_matched_gdn_heads(profile: Profile, n_best: int) -> int:
+    """GDN heads (head size fixed) that give N=1 the per-token matmul FLOPs of N=n_best with the
+    default heads. Sleep runs every layer N times per context chunk, so N passes cost about N
+    times the matmul FLOPs of one; the parameter count is affine in the head count, so two
+    builds give the slope. Attention-score and state-update FLOPs (small at d=64, L=16) are
+    left out."""
+    vocab = 2 * profile.num_strings + 8
+    base = profile.num_heads
+    p_base = _matmul_parameters(build_wide_toy(profile, vocab, base))
+    p_double = _matmul_parameters(build_wide_toy(profile, vocab, 2 * base))
+    per_head = (p_double - p_base) / base
+    return max(base, round(base + (n_best - 1) * p_base / per_head))
+
+
+# ----------------------------------------------------------------------------- the worker
+def run_job(job: Job) -> dict[str, Any]:
+    """Train and evaluate one job (in this process); returns and writes its summary."""
+    import torch
+
+    from sleep_retrofit.evaluation import EvalSpec, run_grid
+    from sleep_retrofit.tasks import task_tokenizer
+    from sleep_retrofit.train import train
+    from sleep_retrofit.train.config import config_from_dict
+
+    if job.threads is not None:
+        torch.set_num_threads(job.threads)
+    directory = Path(job.directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    values = json.loads(json.dumps(job.train_config))
+    options = values["data"]["options"]
+    if len(job.train_t) == 1:
+        options["steps"] = job.train_t[0]
+    else:
+        values["data"]["mixture"] = [{"steps": t} for t in dict.fromkeys(job.train_t)]
+    if job.wide_gdn_heads is not None:
+        init_dir = directory / "init_model"
+        if not (init_dir / "config.json").is_file():
+            profile = _profile_of(values)
+            tokenizer = task_tokenizer("rule110", **options)
+            model = build_wide_toy(
+                profile, len(tokenizer), job.wide_gdn_heads, passes=job.passes, seed=job.seed
+            )
+            model.save_pretrained(init_dir)
+            tokenizer.save_pretrained(init_dir)
+        values["model"]["source"] = str(init_dir)
+    config = config_from_dict(values)
+
+    began = time.perf_counter()
+    results = train(config)
+    train_seconds = time.perf_counter() - began
+
+    began = time.perf_counter()
+    model_dir = Path(config.output_dir) / "model"
+    grid = run_grid(
+        EvalSpec(
+            model=model_dir,
+            tasks=("rule110",),
+            passes=(job.passes,),
+            steps=tuple(job.eval_t),
+            num_examples=job.eval_examples,
+            batch_size=job.eval_batch_size,
+            out=directory / "eval",
+            window=config.model.window,
+            eviction="hard",
+            task_options={"rule110": {k: v for k, v in options.items() if k != "steps"}},
+            device=job.device,
+            progress=False,
+        )
+    )
+    eval_seconds = time.perf_counter() - began
+    summary = {
+        "job": dataclasses.asdict(job),
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "last_loss": results[-1].last_loss if results else None,
+        "records": grid.records,
+    }
+    (directory / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    return summary
+
+
+def _profile_of(values: dict[str, Any]) -> Profile:
+    """The model / task sizes of a train config, as a Profile (for build_wide_toy)."""
+    model, options = values["model"], values["data"]["options"]
+    return dataclasses.replace(
+        PROFILES["cpu"],
+        hidden_size=model["hidden_size"],
+        num_layers=model["num_layers"],
+        num_heads=model["num_heads"],
+        width=options["width"],
+        num_strings=options["num_strings"],
+    )
+
+
+def _run_subprocess(job: Job) -> dict[str, Any] | None:
+    """Run one job in a fresh single-purpose Python process; None when it failed."""
+    directory = Path(job.directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec_path = directory / "job.json"
+    spec_path.write_text(json.dumps(dataclasses.asdict(job), indent=1) + "\n")
+    env = dict(os.environ)
+    if job.threads is not None:
+        # One thread from the start: OpenMP / MKL read these before torch.set_num_threads runs.
+        env.update({"OMP_NUM_THREADS": str(job.threads), "MKL_NUM_THREADS": str(job.threads)})
+    began = time.perf_counter()
+    with (directory / "log.txt").open("w", encoding="utf-8") as log:
+        code = subprocess.call(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(REPO),
+        )
+    _note(
+        f"{job.name}: {'done' if code == 0 else f'FAILED (exit {code}), see {directory}/log.txt'} "
+        f"in {time.perf_counter() - began:.0f} s"
+    )
+    return _read_summary(directory) if code == 0 else None
+
+
+def _read_summary(directory: Path) -> dict[str, Any] | None:
+    path = directory / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _note(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- aggregation
+def aggregate(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (arm label, t): exact match and mean per-label accuracy over seeds (mean,
+    sample standard deviation, min, max), per-label means, and the seeds' values."""
+    groups: dict[tuple[str, int], list[tuple[int, dict[str, Any]]]] = {}
+    order: dict[str, tuple[int, int, int]] = {}
+    for summary in summaries:
+        job = summary["job"]
+        order.setdefault(job["label"], (ARMS.index(job["arm"]), job["passes"], len(order)))
+        for record in summary["records"]:
+            groups.setdefault((job["label"], record["difficulty"]), []).append((job["seed"], record))
+    rows = []
+    for (label, t), items in sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+        items.sort(key=lambda item: item[0])
+        records = [r for _, r in items]
+        exact = [r["exact_match"] for r in records]
+        per_label = [r["mean_per_label_accuracy"] for r in records]
+        labels = list(zip(*(r["per_label_accuracy"] for r in records), strict=True))
+        first = next(s for s in summaries if s["job"]["label"] == label)["job"]
+        rows.append(
+            {
+                "label": label,
+                "arm": first["arm"],
+                "passes": first["passes"],
+                "steps": first["steps"],
+                "tokens": first["tokens"],
+                "t": t,
+                "seeds": [seed for seed, _ in items],
+                "exact_match": _spread(exact),
+                "mean_per_label_accuracy": _spread(per_label),
+                "per_label_accuracy_mean": [statistics.fmean(values) for values in labels],
+                "chance_exact_match": records[0]["chance_exact_match"],
+                "num_examples": records[0]["num_examples"],
+            }
+        )
+    return rows
+
+
+def _spread(values: Sequence[float]) -> dict[str, Any]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "values": list(values),
+    }
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], header: Sequence[str]) -> str:
+    """Exact match and mean per-label accuracy tables: t rows, one column per arm label; each
+    cell "mean ± std [min, max]" over seeds."""
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    ts = sorted({r["t"] for r in rows})
+    by_cell = {(r["label"], r["t"]): r for r in rows}
+    lines = list(header)
+    for key, title in (
+        ("exact_match", "exact match"),
+        ("mean_per_label_accuracy", "mean per-label accuracy"),
+    ):
+        chance = f" (chance {rows[0]['chance_exact_match']:.4g})" if key == "exact_match" and rows else ""
+        lines += [f"**{title}{chance}**: mean ± std [min, max] over seeds", ""]
+        lines.append("| t | " + " | ".join(labels) + " |")
+        lines.append("|---:|" + "---:|" * len(labels))
+        for t in ts:
+            cells = []
+            for label in labels:
+                row = by_cell.get((label, t))
+                if row is None:
+                    cells.append("–")
+                    continue
+                s = row[key]
+                cells.append(f"{s['mean']:.3f} ± {s['std']:.3f} [{s['min']:.3f}, {s['max']:.3f}]")
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
+        lines.append("")
+    seeds = {r["label"]: len(r["seeds"]) for r in rows}
+    tokens = {r["label"]: r["tokens"] for r in rows}
+    lines += ["| run | seeds | training tokens |", "|---|---:|---:|"]
+    lines += [f"| {label} | {seeds[label]} | {tokens[label]:,} |" for label in labels]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Exact match against t, one line per arm label, error bars = std over seeds."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        _note("matplotlib is not installed: no plot")
+        return None
+    if not rows:
+        return None
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    ax = figure.subplots()
+    for label in dict.fromkeys(r["label"] for r in rows):
+        points = sorted(
+            (r["t"], r["exact_match"]["mean"], r["exact_match"]["std"]) for r in rows if r["label"] == label
+        )
+        ax.errorbar(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            yerr=[p[2] for p in points],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    ax.axhline(rows[0]["chance_exact_match"], color="grey", linestyle=":", label="chance")
+    ax.set_xticks(sorted({r["t"] for r in rows}))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("t (Rule 110 steps)")
+    ax.set_ylabel("exact match (test)")
+    ax.set_title("Rule 110: exact match per t (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+# ----------------------------------------------------------------------------- the driver
+def run_harness(
+    profile: Profile,
+    jobs: Sequence[Job],
+    out_dir: Path,
+    *,
+    parallel: int,
+    in_process: bool = False,
+) -> dict[str, Any]:
+    """Run the jobs not finished yet (parallel subprocesses, or sequentially in this process),
+    then write OUT/results.json, OUT/results.md and OUT/accuracy.png. Returns the results."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    pending = [job for job in jobs if _read_summary(Path(job.directory)) is None]
+    _note(f"{len(jobs)} jobs, {len(jobs) - len(pending)} already done, {len(pending)} to run")
+    if in_process:
+        for job in pending:
+            run_job(job)
+    elif pending:
+        pending.sort(key=lambda job: -job.cost)  # stable: equal costs keep the seed-major order
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            list(pool.map(_run_subprocess, pending))
+    wall_seconds = time.perf_counter() - began
+
+    summaries = [s for s in (_read_summary(Path(job.directory)) for job in jobs) if s is not None]
+    failed = [job.name for job in jobs if _read_summary(Path(job.directory)) is None]
+    rows = aggregate(summaries)
+    results = {
+        "profile": dataclasses.asdict(profile),
+        "machine": _machine(),
+        "wall_seconds": wall_seconds,
+        "jobs": [
+            {
+                "name": s["job"]["name"],
+                "label": s["job"]["label"],
+                "seed": s["job"]["seed"],
+                "train_seconds": s["train_seconds"],
+                "eval_seconds": s["eval_seconds"],
+                "last_loss": s["last_loss"],
+            }
+            for s in summaries
+        ],
+        "failed": failed,
+        "summary": rows,
+        "records": [
+            {"label": s["job"]["label"], "arm": s["job"]["arm"], "seed": s["job"]["seed"], **r}
+            for s in summaries
+            for r in s["records"]
+        ],
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    header = [
+        f"# Rule 110 N-trend: profile `{profile.name}`",
+        "",
+        f"toy hybrid d={profile.hidden_size}, {profile.num_layers} layers, {profile.num_strings} strings of "
+        f"W={profile.width} bits, L={profile.width} hard eviction; trained on t in {list(jobs[0].train_t)}; "
+        f"{jobs[0].eval_examples} test examples per t. Wall time {wall_seconds / 60:.1f} min "
+        f"({len(pending)} jobs run now, {parallel if not in_process else 1} at a time).",
+        "",
+    ]
+    if failed:
+        header += [f"**failed jobs**: {', '.join(failed)}", ""]
+    (out_dir / "results.md").write_text(markdown_table(rows, header))
+    plot(rows, out_dir / "accuracy.png")
+    return results
+
+
+def _machine() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument(
+        "--passes", type=int, nargs="+", help="N values of the sleep arm (default: the profile's)"
+    )
+    parser.add_argument("--seeds", type=int, help="seeds 0..K-1 per run (default: the profile's)")
+    parser.add_argument("--arm", nargs="+", choices=ARMS, default=["sleep"], help="which arms to run")
+    parser.add_argument("--n-best", type=int, help="N the matched arms match (default: max --passes)")
+    parser.add_argument("--wide-gdn-heads", type=int, help="n1-wide GDN heads (default: FLOP-matched)")
+    parser.add_argument("--max-steps", type=int, help="optimiser steps per run (default: the profile's)")
+    parser.add_argument("--train-t", type=int, nargs="+", help="t values mixed uniformly in training")
+    parser.add_argument("--eval-t", type=int, nargs="+", help="t values evaluated")
+    parser.add_argument("--eval-examples", type=int, help="test examples per t")
+    parser.add_argument("--jobs", type=int, help="parallel jobs (default: the profile's)")
+    parser.add_argument("--threads", type=int, help="torch threads per job (default: the profile's)")
+    parser.add_argument(
+        "--out", type=Path, help="output directory (default runs/reproduce_rule110_<profile>)"
+    )
+    parser.add_argument("--in-process", action="store_true", help="run jobs one by one in this process")
+    parser.add_argument("--dry-run", action="store_true", help="print the job plan and exit")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.worker is not None:
+        run_job(Job(**json.loads(args.worker.read_text())))
+        return 0
+    profile = PROFILES[args.profile]
+    out_dir = args.out if args.out is not None else REPO / "runs" / f"reproduce_rule110_{profile.name}"
+    try:
+        jobs = plan_jobs(
+            profile,
+            out_dir,
+            passes=args.passes or profile.passes,
+            seeds=args.seeds or profile.seeds,
+            arms=args.arm,
+            n_best=args.n_best,
+            max_steps=args.max_steps,
+            train_t=args.train_t,
+            eval_t=args.eval_t,
+            eval_examples=args.eval_examples,
+            wide_gdn_heads=args.wide_gdn_heads,
+            threads=args.threads,
+        )
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    parallel = args.jobs or profile.jobs
+    if args.dry_run:
+        for job in jobs:
+            print(f"{job.name}: {job.label}, seed {job.seed}, {job.steps} steps, {job.tokens:,} tokens")
+        waves = math.ceil(len(jobs) / parallel)
+        print(f"{len(jobs)} jobs, {parallel} at a time ({waves} waves); expected: {profile.expected}")
+        return 0
+    results = run_harness(profile, jobs, out_dir, parallel=parallel, in_process=args.in_process)
+    print(f"wrote {out_dir}/results.json, results.md, accuracy.png in {results['wall_seconds']:.0f} s")
+    return 1 if results["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

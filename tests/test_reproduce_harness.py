@@ -1,0 +1,110 @@
+"""The Rule 110 reproduction harness (benchmarks/reproduce_rule110.py): its plumbing on a minimal
+budget (2 steps per arm, N in {1, 2}, one seed), the t mixture it feeds the trainer (data.mixture),
+and its plan."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+HARNESS = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce_rule110.py"
+
+
+@pytest.fixture(scope="module")
+def harness():
+    spec = importlib.util.spec_from_file_location("reproduce_rule110", HARNESS)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_plumbing_writes_json_and_markdown(harness, tmp_path):
+    argv = [
+        "--profile", "smoke", "--passes", "1", "2", "--seeds", "1", "--max-steps", "2",
+        "--arm", "sleep", "n1-long", "n1-wide", "--n-best", "2", "--wide-gdn-heads", "8",
+        "--eval-t", "0", "2", "--eval-examples", "8", "--in-process", "--out", str(tmp_path),
+    ]  # fmt: skip
+    assert harness.main(argv) == 0
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["failed"] == []
+    labels = ["N=1", "N=2", "N=1 long (x2 steps)", "N=1 wide (8 GDN heads)"]
+    assert sorted(job["label"] for job in results["jobs"]) == sorted(labels)
+    # One record per (run, t), each evaluated at the run's own N on the 8 test examples.
+    records = {(r["label"], r["difficulty"]): r for r in results["records"]}
+    assert set(records) == {(label, t) for label in labels for t in (0, 2)}
+    for (label, _), record in records.items():
+        assert record["num_examples"] == 8
+        assert record["passes"] == (2 if label == "N=2" else 1)
+        assert len(record["per_label_accuracy"]) == 3  # the smoke profile's 3 strings
+        assert 0.0 <= record["exact_match"] <= 1.0
+    summary = {(row["label"], row["t"]): row for row in results["summary"]}
+    assert set(summary) == set(records)
+    row = summary[("N=2", 2)]
+    assert row["exact_match"]["mean"] == records[("N=2", 2)]["exact_match"]
+    assert row["exact_match"]["std"] == 0.0 and row["seeds"] == [0]
+    # The long arm trains N_best times the steps, hence tokens.
+    assert summary[("N=1 long (x2 steps)", 0)]["tokens"] == 2 * summary[("N=1", 0)]["tokens"]
+
+    # The wide arm's model really has the wider GDN.
+    wide_config = json.loads(
+        (tmp_path / "jobs" / "n1-wide_seed0" / "train" / "model" / "config.json").read_text()
+    )
+    assert wide_config["fast_weights"]["mixer_kwargs"]["num_heads"] == 8
+
+    markdown = (tmp_path / "results.md").read_text()
+    assert "**exact match (chance 0.125)**" in markdown
+    for label in labels:
+        assert f" {label} |" in markdown
+    assert "| 2 | " in markdown
+
+    # A rerun finds every job done and trains nothing.
+    before = (tmp_path / "jobs" / "sleep_N1_seed0" / "summary.json").stat().st_mtime_ns
+    assert harness.main(argv) == 0
+    assert (tmp_path / "jobs" / "sleep_N1_seed0" / "summary.json").stat().st_mtime_ns == before
+
+
+def test_data_mixture_feeds_the_trainer_a_uniform_mixture(harness):
+    from sleep_retrofit.train.config import config_from_dict
+    from sleep_retrofit.train.data import build_rows
+
+    values = harness.train_config_dict(harness.PROFILES["smoke"], 1, 3, 2, Path("unused"))
+    values["data"]["mixture"] = [{"steps": t} for t in range(5)]
+    rows = build_rows(config_from_dict(values), "train", 23, None)
+    counts = {t: sum(row["steps"] == t for row in rows) for t in range(5)}
+    assert counts == {0: 5, 1: 5, 2: 5, 3: 4, 4: 4}
+    assert len({tuple(map(tuple, row["strings"])) for row in rows}) == 23  # every t its own strings
+    assert [row["steps"] for row in rows] != sorted(row["steps"] for row in rows)  # shuffled
+
+
+def test_plan_matches_budgets_and_rejects_bad_input(harness, tmp_path):
+    cpu = harness.PROFILES["cpu"]
+    jobs = harness.plan_jobs(cpu, tmp_path, passes=[1, 2, 3], seeds=2, arms=["sleep", "n1-long"])
+    assert [job.name for job in jobs][:4] == [
+        "sleep_N1_seed0",
+        "sleep_N2_seed0",
+        "sleep_N3_seed0",
+        "n1-long_seed0",
+    ]
+    sleep_tokens = {job.tokens for job in jobs if job.arm == "sleep"}
+    assert sleep_tokens == {1300 * 128 * 69}  # the issue's ~11M-token budget, equal for every N
+    assert {job.steps for job in jobs if job.arm == "n1-long"} == {3 * 1300}
+    assert all(job.threads == 1 for job in jobs)
+    with pytest.raises(ValueError, match="passes"):
+        harness.plan_jobs(cpu, tmp_path, passes=[0], seeds=1, arms=["sleep"])
+    with pytest.raises(ValueError, match="arm"):
+        harness.plan_jobs(cpu, tmp_path, passes=[1], seeds=1, arms=["n2-long"])
+    # FLOP matching: N=1 with more heads has about N_best times the matmul parameters.
+    smoke = harness.PROFILES["smoke"]
+    heads = harness.flop_matched_gdn_heads(smoke, 3)
+    vocab = 14
+    base = harness._matmul_parameters(harness.build_wide_toy(smoke, vocab, smoke.num_heads))
+    wide = harness._matmul_parameters(harness.build_wide_toy(smoke, vocab, heads))
+    assert wide / base == pytest.approx(3.0, rel=0.05)
