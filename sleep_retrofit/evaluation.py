@@ -57,8 +57,9 @@ from typing import Any
 
 import torch
 
+from .modeling import target_logits
 from .sleep.settings import SleepSettings
-from .tasks.collate import IGNORE_INDEX, SleepCollator
+from .tasks.collate import SleepCollator
 from .tasks.depo import DepoConfig, DepoTask, score_depo
 from .tasks.gsm_infinite.loader import SUBSETS, check_ops, load_gsm_infinite
 from .tasks.gsm_infinite.prompts import ANSWER_CHUNKS, QUESTION_POSITIONS, sleep_features
@@ -620,26 +621,6 @@ def _batches(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield rows[start : start + size]
 
 
-def _target_logits(logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per row, the logits that predict its targets and the targets, in order.
-
-    The model returns logits only at the columns where some row's next label is a target
-    (`labels[:, 1:] != -100` in any row), in column order; this picks each row's own."""
-    targets = labels[:, 1:] != IGNORE_INDEX  # [B, T-1]: column p predicts label p+1
-    wanted = targets.any(dim=0)
-    rank = torch.cumsum(wanted.long(), dim=0) - 1  # column -> index into the returned logits
-    if logits.shape[1] != int(wanted.sum()):
-        raise RuntimeError(
-            f"the model returned logits for {logits.shape[1]} positions, expected {int(wanted.sum())} "
-            "(one per position with a target)"
-        )
-    out = []
-    for row in range(labels.shape[0]):
-        columns = targets[row].nonzero().squeeze(-1)
-        out.append((logits[row, rank[columns]].float(), labels[row, columns + 1]))
-    return out
-
-
 def _teacher_forced(
     model: torch.nn.Module,
     rows: Sequence[dict[str, Any]],
@@ -674,7 +655,7 @@ def _teacher_forced(
             window=settings.window,
             eviction=settings.eviction,
         )
-        for row, (logits, targets) in zip(batch_rows, _target_logits(output.logits, labels), strict=True):
+        for row, (logits, targets) in zip(batch_rows, target_logits(output.logits, labels), strict=True):
             per_row(row, logits, targets)
         if bar is not None:
             bar.update(len(batch_rows))

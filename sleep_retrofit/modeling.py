@@ -263,7 +263,8 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         Args:
             attention_mask: [B, past + T] or [B, T], 1 = token, 0 = padding (left padding).
             labels: [B, T]; positions whose next label is -100 get no logits. The returned
-                logits then cover only the positions with a target, in order.
+                logits then cover only the positions with a target, in order
+                (:func:`target_logits` splits them per row).
             logits_to_keep: without labels, 0 = logits at every position, k > 0 = the last k.
             passes / window / eviction: override the config for this call.
             position_ids: ignored; positions count consumed tokens (RoPE sees relative
@@ -327,6 +328,27 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         }
         super().save_pretrained(save_directory, *args, **kwargs)
         Path(save_directory, f"{SHIM_MODULE}.py").write_text(_SHIM_SOURCE)
+
+
+def target_logits(logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per row of a ``forward(..., labels=labels)`` call: the logits that predict its targets
+    [n, V] (float32) and the targets [n], in order.
+
+    With labels the model returns logits only at the columns where some row's next label is a
+    target (``labels[:, 1:] != -100`` in any row), in column order; this picks each row's own."""
+    targets = labels[:, 1:] != -100  # [B, T-1]: column p predicts label p+1
+    wanted = targets.any(dim=0)
+    if logits.shape[1] != int(wanted.sum()):
+        raise ValueError(
+            f"logits cover {logits.shape[1]} positions, expected {int(wanted.sum())} "
+            "(one per position with a target): pass the logits of forward(..., labels=labels)"
+        )
+    rank = torch.cumsum(wanted.long(), dim=0) - 1  # column -> index into the returned logits
+    rows = []
+    for row in range(labels.shape[0]):
+        columns = targets[row].nonzero().squeeze(-1)
+        rows.append((logits[row, rank[columns]].float(), labels[row, columns + 1]))
+    return rows
 
 
 def register() -> None:

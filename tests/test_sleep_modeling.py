@@ -354,3 +354,16 @@ def test_cuda_conversion_is_the_identity_and_generates(family):
         labels[:, :13] = -100
         forced = model(generated, labels=labels, window=L, passes=3).logits
     assert torch.equal(forced.argmax(-1), generated[:, 13:])
+
+
+def test_target_logits_splits_the_compacted_logits_per_row():
+    from sleep_retrofit.modeling import target_logits
+
+    labels = torch.tensor([[-100, 5, -100, 7], [-100, -100, 6, -100]])
+    # columns 0, 1, 2 predict a target in some row -> the model returns 3 logit columns
+    logits = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    (first, first_targets), (second, second_targets) = target_logits(logits, labels)
+    assert torch.equal(first, logits[0, [0, 2]]) and first_targets.tolist() == [5, 7]
+    assert torch.equal(second, logits[1, [1]]) and second_targets.tolist() == [6]
+    with pytest.raises(ValueError, match="logits cover 4 positions, expected 3"):
+        target_logits(torch.zeros(2, 4, 4), labels)

@@ -14,22 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..tasks import IGNORE_INDEX, SleepCollator, make_task, score_depo, score_rule110
+from ..modeling import target_logits
+from ..tasks import SleepCollator, make_task, score_depo, score_rule110
 from .config import TrainConfig
 
 __all__ = ["evaluate_model"]
-
-
-def _row_targets(logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per row: the logits that predict its targets [n, V] and the targets [n] (the model returns
-    logits only at columns where some row has a target, in column order)."""
-    targets = labels[:, 1:] != IGNORE_INDEX
-    rank = torch.cumsum(targets.any(dim=0).long(), dim=0) - 1
-    out = []
-    for row in range(labels.shape[0]):
-        columns = targets[row].nonzero().squeeze(-1)
-        out.append((logits[row, rank[columns]].float(), labels[row, columns + 1]))
-    return out
 
 
 @torch.no_grad()
@@ -65,7 +54,7 @@ def evaluate_model(
             eviction=eviction,
             use_cache=False,
         )
-        for row, (logits, targets) in zip(batch_rows, _row_targets(output.logits, labels), strict=True):
+        for row, (logits, targets) in zip(batch_rows, target_logits(output.logits, labels), strict=True):
             losses.extend(nn.functional.cross_entropy(logits, targets, reduction="none").tolist())
             correct_tokens += int((logits.argmax(-1) == targets).sum())
             if config.data.task == "rule110":
