@@ -193,6 +193,23 @@ def test_chunk_size_does_not_change_result(chunk_size):
     assert rel_err(actual[1], expected[1]) < TOL
 
 
+def test_short_sequence_is_one_chunk_of_its_own_length(monkeypatch):
+    """A sequence shorter than chunk_size (sleep's L = 16 chunks) is not padded up to it: the
+    padded intra-chunk work made training the toy hybrid ~3x slower."""
+    seen = []
+    original = gdn_module._chunk_torch
+
+    def spy(*args):
+        seen.append(args[-1])
+        return original(*args)
+
+    monkeypatch.setattr(gdn_module, "_chunk_torch", spy)
+    inputs = make_inputs(2, 16, 2, 8, 8, seed=3)
+    chunk_gated_delta_rule(**inputs, chunk_size=64)
+    chunk_gated_delta_rule(**make_inputs(2, 100, 2, 8, 8, seed=3), chunk_size=64)
+    assert seen == [16, 64]
+
+
 @pytest.mark.parametrize("block_state_elements", [1, 2 * 6 * 10, 3 * 6 * 10, 2 * 3 * 6 * 10])
 def test_blocking_and_grouping_do_not_change_result(monkeypatch, block_state_elements):
     """The kernel runs (batch, head) blocks separately (here: single heads; heads {0, 1} and

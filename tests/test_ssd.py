@@ -236,6 +236,24 @@ def test_state_carry_across_any_split(split, scan_name):
     assert rel_err(state, f_full) < TOL
 
 
+def test_short_sequence_is_one_chunk_of_its_own_length(monkeypatch):
+    # A sequence shorter than chunk_size (sleep's L = 16 chunks) is not padded up to it.
+    import sleep_retrofit.kernels.ssd as ssd_module
+
+    seen = []
+    original = ssd_module._chunk_scan_block
+
+    def spy(*args, **kwargs):
+        seen.append(args[6])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ssd_module, "_chunk_scan_block", spy)
+    for length in (16, 100):
+        args, kwargs = make_inputs(B=1, T=length, H=2, P=3, G=1, N=4, seed=2)
+        ssd_chunk_scan(**args, **kwargs, chunk_size=64)
+    assert seen == [16, 64]
+
+
 @pytest.mark.parametrize("needs_grad", [False, True])
 def test_chunk_groups_and_batch_blocks_do_not_change_results(monkeypatch, needs_grad):
     # The chunked scan builds its per-chunk tensors a group of chunks at a time and runs the

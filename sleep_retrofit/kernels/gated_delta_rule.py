@@ -479,5 +479,8 @@ def chunk_gated_delta_rule(
     # here as one more pass over the whole of q.
     q32, k32 = _prepare_qk(q, k, use_qk_l2norm_in_kernel)
     scale = _default_scale(scale, K)
+    # A sequence shorter than a chunk is one chunk of its own length: padding it up to
+    # chunk_size would multiply the intra-chunk work (sleep's chunks are often L = 16-32).
+    chunk_size = min(chunk_size, T)
     o, state = _chunk_torch(q32, k32, v.float(), g.float(), beta.float(), state, scale, chunk_size)
     return o.to(v.dtype), (state if output_final_state else None)

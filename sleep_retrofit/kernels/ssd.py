@@ -315,6 +315,9 @@ def ssd_chunk_scan(
     if seq_len == 0:
         return x.new_zeros(batch, 0, heads, head_dim), (state if output_final_state else None)
 
+    # A sequence shorter than a chunk is one chunk of its own length (no padding up to
+    # chunk_size: sleep's chunks of L = 16-32 tokens would do several times the work).
+    chunk_size = min(chunk_size, seq_len)
     out_dtype = x.dtype
     step = _time_step(dt, dt_bias, dt_softplus, dtype)  # [B, T, H]
     x, Bm, Cm, A = x.to(dtype), Bm.to(dtype), Cm.to(dtype), A.to(dtype)  # (no copies when already dtype)
