@@ -324,25 +324,28 @@ def _chunk_torch(
 
     blocks = _state_blocks(B, H, K, V)
     if _needs_grad(q, k, v, g, beta, state):
-        # Autograd: each block returns its own tensors; stitch heads, then batch back together.
-        rows: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # per batch slice, in head order
+        # Autograd: the blocks are split off (batch, then heads), not indexed: the backward of
+        # a split is one concatenation, where indexing scatters every block's gradient into a
+        # zero-filled tensor of the full input's size (with many heads, the bulk of backward).
+        rows: list[tuple[slice, list[slice]]] = []  # batch slice -> its head slices, in order
         for bs, hs in blocks:
             if hs.start == 0:
-                rows.append([])
-            rows[-1].append(
-                _chunk_block(
-                    q[bs, :, hs],
-                    k[bs, :, hs],
-                    v[bs, :, hs],
-                    g[bs, :, hs],
-                    beta[bs, :, hs],
-                    state[bs, hs],
-                    scale,
-                    chunk_size,
+                rows.append((bs, []))
+            rows[-1][1].append(hs)
+        batch_sizes = [bs.stop - bs.start for bs, _ in rows]
+        o_rows, state_rows = [], []
+        row_inputs = zip(*(x.split(batch_sizes) for x in (q, k, v, g, beta, state)))
+        for (_, head_slices), (*sequences, row_state) in zip(rows, row_inputs):
+            sizes = [hs.stop - hs.start for hs in head_slices]
+            results = [
+                _chunk_block(*parts, state_part, scale, chunk_size)
+                for *parts, state_part in zip(
+                    *(x.split(sizes, dim=2) for x in sequences), row_state.split(sizes, dim=1)
                 )
-            )
-        o = torch.cat([torch.cat([o_block for o_block, _ in row], dim=2) for row in rows], dim=0)
-        state = torch.cat([torch.cat([s_block for _, s_block in row], dim=1) for row in rows], dim=0)
+            ]
+            o_rows.append(torch.cat([o_block for o_block, _ in results], dim=2))
+            state_rows.append(torch.cat([s_block for _, s_block in results], dim=1))
+        o, state = torch.cat(o_rows, dim=0), torch.cat(state_rows, dim=0)
     else:
         # Inference: every block writes its outputs and final state straight into one buffer.
         o = q.new_empty(B, T + padding, H, V)
