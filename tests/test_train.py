@@ -1,6 +1,7 @@
 """The two-stage trainer: what trains, that it learns, resume, corrupt checkpoints, DDP, loading."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -85,6 +86,9 @@ def test_a_tiny_run_lowers_the_loss_and_the_final_model_loads_and_evaluates(tmp_
     for result in results:
         log = [json.loads(line) for line in (result.directory / "log.jsonl").read_text().splitlines()]
         losses += [r["loss"] for r in log if r["event"] == "train"]
+        # the logged gradient norm is the one before clipping (max_grad_norm 1.0 here)
+        norms = [r["grad_norm"] for r in log if r["event"] == "train"]
+        assert all(math.isfinite(n) and n > 0 for n in norms) and any(n != 1.0 for n in norms), norms
     assert len(losses) == 24
     assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4, losses
 

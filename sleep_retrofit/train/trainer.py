@@ -302,6 +302,7 @@ def run_stage(
     evaluations: list[dict[str, Any]] = []
     last_loss: float | None = None
     running: list[float] = []
+    grad_norm: torch.Tensor | None = None  # of the last optimiser step, before clipping
     began = time.perf_counter()
     unwrapped = accelerator.unwrap_model(model)
 
@@ -327,7 +328,7 @@ def run_stage(
                 loss = training_loss(model, batch, passes, window, eviction)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 for optimizer in optimizers:
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -356,6 +357,8 @@ def run_stage(
                     "lr": schedules.last_lrs(),
                     "seconds": round(time.perf_counter() - began, 3),
                 }
+                if grad_norm is not None:
+                    record["grad_norm"] = float(grad_norm)
                 if main:
                     _log(log_path, record)
                 if accelerator.log_with:
