@@ -32,7 +32,8 @@ Independent runs go to parallel subprocesses with one torch thread each (`--jobs
 trainer's stage directory, its final model, the evaluation grid's results.json and a
 summary.json); a rerun skips finished jobs and the trainer resumes unfinished ones from their
 checkpoints. `OUT/results.json`, `OUT/results.md` (mean, sample standard deviation and range
-over seeds, per arm and t) and `OUT/accuracy.png` collect them.
+over seeds, per arm and t), `OUT/accuracy.png` and `OUT/loss.png` (training loss curves)
+collect them.
 
 Profiles (expected wall time):
 - `cpu`: d=64, W=16 (L=16), t mixed in {0..4}, batch 128, AdamW 2e-3, 100 warm-up steps, cosine
@@ -615,6 +616,46 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+def plot_losses(summaries: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Training loss against training tokens, one line per job (the trainer's log.jsonl)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    ax = figure.subplots()
+    colours: dict[str, Any] = {}
+    for summary in summaries:
+        job = summary["job"]
+        log = Path(job["train_config"]["output_dir"]) / "stage2" / "log.jsonl"
+        if not log.is_file():
+            continue
+        records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        points = [(r["step"], r["loss"]) for r in records if r.get("event") == "train"]
+        if not points:
+            continue
+        tokens_per_step = job["tokens"] / job["steps"]
+        (line,) = ax.plot(
+            [step * tokens_per_step / 1e6 for step, _ in points],
+            [loss for _, loss in points],
+            color=colours.get(job["label"]),
+            linewidth=1,
+            label=None if job["label"] in colours else job["label"],
+        )
+        colours.setdefault(job["label"], line.get_color())
+    if not colours:
+        return None
+    ax.set_ylim(0.3, 0.8)
+    ax.axhline(math.log(2), color="grey", linestyle=":", label="chance (ln 2)")
+    ax.set_xlabel("training tokens (millions)")
+    ax.set_ylabel("training loss (per label)")
+    ax.set_title("Rule 110: training loss (one line per seed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.savefig(path, dpi=120)
+    return path
+
+
 # ----------------------------------------------------------------------------- the driver
 def run_harness(
     profile: Profile,
@@ -679,6 +720,7 @@ def run_harness(
         header += [f"**failed jobs**: {', '.join(failed)}", ""]
     (out_dir / "results.md").write_text(markdown_table(rows, header))
     plot(rows, out_dir / "accuracy.png")
+    plot_losses(summaries, out_dir / "loss.png")
     return results
 
 
@@ -757,7 +799,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(jobs)} jobs, {parallel} at a time ({waves} waves); expected: {profile.expected}")
         return 0
     results = run_harness(profile, jobs, out_dir, parallel=parallel, in_process=args.in_process)
-    print(f"wrote {out_dir}/results.json, results.md, accuracy.png in {results['wall_seconds']:.0f} s")
+    seconds = results["wall_seconds"]
+    print(f"wrote {out_dir}/results.json, results.md, accuracy.png, loss.png in {seconds:.0f} s")
     return 1 if results["failed"] else 0
 
 
