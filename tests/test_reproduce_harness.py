@@ -64,6 +64,8 @@ def test_smoke_plumbing_writes_json_and_markdown(harness, tmp_path):
     for label in labels:
         assert f" {label} |" in markdown
     assert "| 2 | " in markdown
+    for figure in ("accuracy.png", "loss.png"):  # matplotlib comes with the dev extras
+        assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
 
     # A rerun finds every job done and trains nothing.
     before = (tmp_path / "jobs" / "sleep_N1_seed0" / "summary.json").stat().st_mtime_ns
