@@ -83,18 +83,24 @@ def gate_statistics(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> d
 
 def gradient_reach(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], window: int, num_strings: int
-) -> list[float]:
-    """Mean norm of d(loss)/d(input embedding) over the tokens of each context string."""
+) -> tuple[list[float], float]:
+    """Mean norm of d(loss)/d(input embedding) over the tokens of each context string, and
+    the norm of the gradient of all parameters (what the trainer clips)."""
     embeddings = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
     output = model(inputs_embeds=embeddings, attention_mask=batch["attention_mask"], labels=batch["labels"])
-    (grad,) = torch.autograd.grad(output.loss, embeddings)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    grad, *parameter_grads = torch.autograd.grad(output.loss, [embeddings, *parameters], allow_unused=True)
+    parameter_norm = torch.stack([g.norm() for g in parameter_grads if g is not None]).norm().item()
     norms = grad.norm(dim=-1)  # [B, T]
     # The collator left-pads the context to whole chunks: the strings are the last
     # num_strings whole chunks before the question chunk(s).
     real = batch["attention_mask"].bool()
     first_real = int(real.float().argmax(dim=1).min())
     start = first_real - first_real % window
-    return [norms[:, start + i * window : start + (i + 1) * window].mean().item() for i in range(num_strings)]
+    per_string = [
+        norms[:, start + i * window : start + (i + 1) * window].mean().item() for i in range(num_strings)
+    ]
+    return per_string, parameter_norm
 
 
 def _batch(task: Any, rows: list[dict[str, Any]], tokenizer: Any, window: int) -> dict[str, torch.Tensor]:
@@ -147,6 +153,7 @@ def diagnose_job(job_dir: Path, examples: int, eval_passes: list[int], steps: li
     task = make_task("rule110", **options, steps=hardest)
     rows = generate_split(task, "test", min(examples, 256))
     batch = _batch(task, rows, tokenizer, window)
+    reach, parameter_norm = gradient_reach(model, batch, window, options["num_strings"])
     return {
         "name": job["name"],
         "label": job["label"],
@@ -155,7 +162,8 @@ def diagnose_job(job_dir: Path, examples: int, eval_passes: list[int], steps: li
         "exact_match_by_eval_passes": {str(n): by_passes[n] for n in sorted(by_passes)},
         "gates": gate_statistics(model, batch),
         "gradient_reach_t": hardest,
-        "gradient_reach": gradient_reach(model, batch, window, options["num_strings"]),
+        "gradient_reach": reach,
+        "parameter_gradient_norm": parameter_norm,
     }
 
 
@@ -184,15 +192,16 @@ def markdown(results: list[dict[str, Any]], steps: list[int]) -> str:
                 f"| {s['decay_below_0.1']:.2f} | {s['decay_above_0.99']:.2f} "
                 f"| {s['beta_mean']:.3f} | {s['beta_below_0.1']:.2f} |"
             )
-    lines += ["", "## Gradient reach: mean |d loss / d embedding| per context string (0 = oldest)", ""]
+    title = "## Gradient reach: mean |d loss / d embedding| per string (0 = oldest); parameter gradient norm"
+    lines += ["", title, ""]
     count = max(len(r["gradient_reach"]) for r in results)
     lines += [
-        "| model | seed | " + " | ".join(f"string {i}" for i in range(count)) + " |",
-        "|---|---:|" + "---:|" * count,
+        "| model | seed | " + " | ".join(f"string {i}" for i in range(count)) + " | gradient norm |",
+        "|---|---:|" + "---:|" * (count + 1),
     ]
     for r in results:
         cells = " | ".join(f"{v:.2e}" for v in r["gradient_reach"])
-        lines.append(f"| {r['label']} | {r['seed']} | {cells} |")
+        lines.append(f"| {r['label']} | {r['seed']} | {cells} | {r['parameter_gradient_norm']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
