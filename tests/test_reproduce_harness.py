@@ -1,6 +1,6 @@
 """The Rule 110 reproduction harness (benchmarks/reproduce_rule110.py): its plumbing on a minimal
-budget (2 steps per arm, N in {1, 2}, one seed), the t mixture it feeds the trainer (data.mixture),
-and its plan."""
+budget (2 steps per arm, N in {1, 2}, one seed) and the diagnostics script on what it trained,
+the t mixture it feeds the trainer (data.mixture), and its plan."""
 
 from __future__ import annotations
 
@@ -16,13 +16,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 HARNESS = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce_rule110.py"
 
 
-@pytest.fixture(scope="module")
-def harness():
-    spec = importlib.util.spec_from_file_location("reproduce_rule110", HARNESS)
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their module by name
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def harness():
+    return _load("reproduce_rule110", HARNESS)
 
 
 def test_smoke_plumbing_writes_json_and_markdown(harness, tmp_path):
@@ -66,6 +70,21 @@ def test_smoke_plumbing_writes_json_and_markdown(harness, tmp_path):
     assert "| 2 | " in markdown
     for figure in ("accuracy.png", "loss.png"):  # matplotlib comes with the dev extras
         assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+
+    # The diagnostics read the trained models: N at test time, gates, gradient reach.
+    diagnose = _load("diagnose_rule110", HARNESS.parent / "diagnose_rule110.py")
+    diagnose_argv = [str(tmp_path), "--examples", "4", "--eval-passes", "1", "2", "--steps", "0", "2"]
+    assert diagnose.main([*diagnose_argv, "--only", "sleep_N2_seed0", "--threads", "1"]) == 0
+    (report,) = json.loads((tmp_path / "diagnostics.json").read_text())
+    assert report["name"] == "sleep_N2_seed0" and report["trained_passes"] == 2
+    assert set(report["exact_match_by_eval_passes"]) == {"1", "2"}
+    assert all(set(per_t) == {"0", "2"} for per_t in report["exact_match_by_eval_passes"].values())
+    assert len(report["gates"]) == 2  # the toy's two GDN blocks
+    for gates in report["gates"].values():
+        assert 0.0 < gates["decay_mean"] <= 1.0 and 0.0 < gates["beta_mean"] < 1.0
+    assert len(report["gradient_reach"]) == 3 and all(v > 0 for v in report["gradient_reach"])
+    assert report["parameter_gradient_norm"] > 0
+    assert "| N=2 | 0 | 2 (trained) |" in (tmp_path / "diagnostics.md").read_text()
 
     # A rerun finds every job done and trains nothing.
     before = (tmp_path / "jobs" / "sleep_N1_seed0" / "summary.json").stat().st_mtime_ns
