@@ -334,13 +334,13 @@ def _chunk_torch(
             rows[-1][1].append(hs)
         batch_sizes = [bs.stop - bs.start for bs, _ in rows]
         o_rows, state_rows = [], []
-        row_inputs = zip(*(x.split(batch_sizes) for x in (q, k, v, g, beta, state)))
-        for (_, head_slices), (*sequences, row_state) in zip(rows, row_inputs):
+        row_inputs = zip(*(x.split(batch_sizes) for x in (q, k, v, g, beta, state)), strict=True)
+        for (_, head_slices), (*sequences, row_state) in zip(rows, row_inputs, strict=True):
             sizes = [hs.stop - hs.start for hs in head_slices]
             results = [
                 _chunk_block(*parts, state_part, scale, chunk_size)
                 for *parts, state_part in zip(
-                    *(x.split(sizes, dim=2) for x in sequences), row_state.split(sizes, dim=1)
+                    *(x.split(sizes, dim=2) for x in sequences), row_state.split(sizes, dim=1), strict=True
                 )
             ]
             o_rows.append(torch.cat([o_block for o_block, _ in results], dim=2))
