@@ -37,9 +37,11 @@ collect them.
 
 Profiles (expected wall time):
 - `cpu`: d=64, W=16 (L=16), t mixed in {0..4}, batch 128, AdamW 2e-3, 100 warm-up steps, cosine
-  to 0, clip 1.0, 1,300 steps (11.5M tokens at T=69). About 6.5 min x N per job on one core
-  (issue 7's prototype): N = 1, 2, 3 x 2 seeds is ~78 core-minutes, ~40-45 min as 2 parallel
-  jobs; adding N = 4 (~52), n1-long (~39) and n1-wide (~35, estimated) brings it to ~100-110 min.
+  to 0, clip 1.0, 1,300 steps (11.5M tokens at T=69). Measured on the 2-core CPU machine (one
+  job alone, benchmarks/bench_train_step.py): ~0.36 s/step at N = 1, ~0.7 at N = 2, ~1.04 at
+  N = 3, so ~8 / 15 / 23 min per job; two parallel jobs each run ~1.3x slower. N = 1, 2, 3 x 2
+  seeds: ~60-70 min with --jobs 2. n1-long (N_best = 3) adds ~25 min per seed; n1-wide
+  (54 heads) costs ~6x N = 1 per step on this CPU (tiny per-head matmuls), ~45 min per seed.
 - `gpu`: the paper: W=24, d=256, L=24, t=32 fixed (`--train-t` to change it; the paper trained
   one t per run), batch 512 (64 x 8 accumulation), Muon 2e-3 + AdamW 5e-5, 100 warm-up steps,
   bf16, ~5B tokens (96,700 steps at T=101), evaluated at t = 4, 8, 16, 32. The paper reports
@@ -136,7 +138,7 @@ PROFILES: dict[str, Profile] = {
         mixed_precision="no",
         eval_examples=1000,
         eval_batch_size=250,
-        expected="~6.5 min x N per job on one core; N=1,2,3 x 2 seeds with --jobs 2: ~40-45 min",
+        expected="~8 min x N per job on one core; N=1,2,3 x 2 seeds with --jobs 2: ~60-70 min",
     ),
     "gpu": Profile(
         name="gpu",
