@@ -327,20 +327,18 @@ def _chunk_torch(
         # Autograd: the blocks are split off (batch, then heads), not indexed: the backward of
         # a split is one concatenation, where indexing scatters every block's gradient into a
         # zero-filled tensor of the full input's size (with many heads, the bulk of backward).
-        rows: list[tuple[slice, list[slice]]] = []  # batch slice -> its head slices, in order
+        rows: list[tuple[int, list[int]]] = []  # (batch size, its head block sizes), in order
         for bs, hs in blocks:
             if hs.start == 0:
-                rows.append((bs, []))
-            rows[-1][1].append(hs)
-        batch_sizes = [bs.stop - bs.start for bs, _ in rows]
+                rows.append((bs.stop - bs.start, []))
+            rows[-1][1].append(hs.stop - hs.start)
         o_rows, state_rows = [], []
-        row_inputs = zip(*(x.split(batch_sizes) for x in (q, k, v, g, beta, state)), strict=True)
-        for (_, head_slices), (*sequences, row_state) in zip(rows, row_inputs, strict=True):
-            sizes = [hs.stop - hs.start for hs in head_slices]
+        row_inputs = zip(*(x.split([b for b, _ in rows]) for x in (q, k, v, g, beta, state)), strict=True)
+        for (_, heads), (*sequences, row_state) in zip(rows, row_inputs, strict=True):
             results = [
                 _chunk_block(*parts, state_part, scale, chunk_size)
                 for *parts, state_part in zip(
-                    *(x.split(sizes, dim=2) for x in sequences), row_state.split(sizes, dim=1), strict=True
+                    *(x.split(heads, dim=2) for x in sequences), row_state.split(heads, dim=1), strict=True
                 )
             ]
             o_rows.append(torch.cat([o_block for o_block, _ in results], dim=2))
