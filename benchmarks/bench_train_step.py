@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import torch
 from bench_common import REPO, machine_info, progress, update_benchmarks_md
+from reproduce_rule110 import PROFILES, build_wide_toy, flop_matched_gdn_heads
 
 import sleep_retrofit.kernels.gated_delta_rule as gdr
 from sleep_retrofit.tasks import task_tokenizer
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-from reproduce_rule110 import PROFILES, build_wide_toy, flop_matched_gdn_heads  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:

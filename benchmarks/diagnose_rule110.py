@@ -48,20 +48,19 @@ def _gdn_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 def gate_statistics(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
-    """Decay exp(g) and beta of every GDN block over one training-style forward of `batch`."""
+    """Decay exp(g) and beta of every GDN block over one training-style forward of `batch`
+    (the layer's own `gates` on each call's input; the batch has no padding)."""
     collected: dict[str, dict[str, list[torch.Tensor]]] = {}
     handles = []
     for name, gdn in _gdn_modules(model).items():
         store = collected.setdefault(name, {"decay": [], "beta": []})
 
-        def on_a(module, args, output, gdn=gdn, store=store):
-            g = -gdn.A_log.float().exp() * torch.nn.functional.softplus(output.float() + gdn.dt_bias.float())
+        def on_call(module, args, output, store=store):
+            g, beta = module.gates(args[0])
             store["decay"].append(g.exp().detach().flatten())
+            store["beta"].append(beta.detach().flatten())
 
-        def on_b(module, args, output, store=store):
-            store["beta"].append(torch.sigmoid(output.float()).detach().flatten())
-
-        handles += [gdn.a_proj.register_forward_hook(on_a), gdn.b_proj.register_forward_hook(on_b)]
+        handles.append(gdn.register_forward_hook(on_call))
     try:
         with torch.no_grad():
             model(**batch)
@@ -103,7 +102,7 @@ def gradient_reach(
     return per_string, parameter_norm
 
 
-def _batch(task: Any, rows: list[dict[str, Any]], tokenizer: Any, window: int) -> dict[str, torch.Tensor]:
+def _batch(rows: list[dict[str, Any]], tokenizer: Any, window: int) -> dict[str, torch.Tensor]:
     vocab = tokenizer.get_vocab()
     collator = SleepCollator(window, tokenizer.pad_token_id or 0)
     return collator(
@@ -152,7 +151,7 @@ def diagnose_job(job_dir: Path, examples: int, eval_passes: list[int], steps: li
     hardest = max(steps)
     task = make_task("rule110", **options, steps=hardest)
     rows = generate_split(task, "test", min(examples, 256))
-    batch = _batch(task, rows, tokenizer, window)
+    batch = _batch(rows, tokenizer, window)
     reach, parameter_norm = gradient_reach(model, batch, window, options["num_strings"])
     return {
         "name": job["name"],

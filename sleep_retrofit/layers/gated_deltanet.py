@@ -158,10 +158,7 @@ class GatedDeltaNet(FastWeightMixer):
             q = q.repeat_interleave(ratio, dim=2)
             k = k.repeat_interleave(ratio, dim=2)
 
-        beta = torch.sigmoid(self.b_proj(x).float())
-        if self.allow_neg_eigval:
-            beta = beta * 2.0
-        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
+        g, beta = self.gates(x)
         if padding is not None:  # a padded token neither decays nor writes the fast weights
             beta = beta * padding.keep.unsqueeze(-1)
             g = g * padding.keep.unsqueeze(-1)
@@ -192,6 +189,15 @@ class GatedDeltaNet(FastWeightMixer):
         o = self.o_norm(o, gate)  # [B, T, HV, V]
         y = self.o_proj(o.flatten(-2).to(x.dtype))
         return self.leave_call(y, padding, decode), FastWeightState(recurrent, conv_state)
+
+    def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-token, per-head gates of x [B, T, hidden_size], float32: the log decay
+        g = -exp(A_log) * softplus(a_proj x + dt_bias) (<= 0) and the write strength beta."""
+        beta = torch.sigmoid(self.b_proj(x).float())
+        if self.allow_neg_eigval:
+            beta = beta * 2.0
+        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
+        return g, beta
 
     def _mix_short_conv(
         self, x: torch.Tensor, state: FastWeightState | None, padding: Padding | None, decode: bool
