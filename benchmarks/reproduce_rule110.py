@@ -63,7 +63,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,16 +76,16 @@ SUMMARY_FILE = "summary.json"
 
 @dataclass(frozen=True)
 class Profile:
-    """One preset of the harness: model, task sizes, optimiser and budget."""
+    """One preset of the harness: task, model, optimiser and budget."""
 
     name: str
     hidden_size: int
     num_layers: int
     num_heads: int
-    width: int  # W, bits per string; also the window L (each string its own chunk)
-    num_strings: int
-    train_t: tuple[int, ...]
-    eval_t: tuple[int, ...]
+    width: int  # Rule 110: W, bits per string. Depo: the window L (the graph spans 4 of them)
+    num_strings: int  # Rule 110 only
+    train_t: tuple[int, ...]  # the difficulties trained (Rule 110: t; Depo: k, drawn per query)
+    eval_t: tuple[int, ...]  # the difficulties evaluated, one grid cell each
     max_steps: int
     batch_size: int
     gradient_accumulation_steps: int
@@ -105,16 +105,65 @@ class Profile:
     device: str | None = "cpu"
     # Rows held in memory; beyond this the run takes several epochs over them (None = one epoch).
     max_train_examples: int | None = None
+    task: str = "rule110"
+    # Rule 110: announce t at the start of every string (None: exactly when training mixes t).
+    announce: bool | None = None
+    # Toy-model knobs (None = build_toy_hybrid's default).
+    gdn_heads: int | None = None
+    gdn_head_dim: int | None = None
+    initializer_range: float = 0.02
+    # Depo task options (DepoConfig fields besides hops / max_hops, which come from train_t).
+    depo_options: tuple[tuple[str, Any], ...] = ()
     expected: str = ""
 
     @property
+    def announces(self) -> bool:
+        return self.task == "rule110" and (
+            len(set(self.train_t)) > 1 if self.announce is None else self.announce
+        )
+
+    @property
+    def window(self) -> int:
+        """L: Rule 110 puts every string (and its t token) in its own chunk."""
+        return self.width + int(self.announces) if self.task == "rule110" else self.width
+
+    def task_options(self) -> dict[str, Any]:
+        """The task config fields every run shares (the difficulty comes per run / cell)."""
+        if self.task == "rule110":
+            options: dict[str, Any] = {"width": self.width, "num_strings": self.num_strings}
+            if self.announces:
+                options["announce_steps"] = True
+            return options
+        return {**dict(self.depo_options), "max_hops": max(*self.train_t, *self.eval_t)}
+
+    @property
     def tokens_per_example(self) -> int:
-        """S*W context tokens, the query token and S labels."""
-        return self.num_strings * self.width + 1 + self.num_strings
+        """Columns of one collated example (Rule 110: S strings (+ t tokens), `?`, S labels;
+        Depo: the largest graph's context padded to whole windows, and its queries)."""
+        if self.task == "rule110":
+            return self.num_strings * self.window + 1 + self.num_strings
+        from sleep_retrofit.tasks import DepoConfig, DepoTask
+
+        config = DepoConfig.for_test(**self.task_options())
+        example = DepoTask(config).example(__import__("random").Random(0))
+        context = -(-example["target_start"] // self.window) * self.window
+        return context + len(example["input_ids"]) - example["target_start"]
 
     def tokens(self, steps: int) -> int:
         return steps * self.batch_size * self.gradient_accumulation_steps * self.tokens_per_example
 
+
+_CPU_OPTIMISER = dict(
+    batch_size=128,
+    gradient_accumulation_steps=1,
+    optimizer="adamw",
+    muon_lr=0.0,
+    adamw_lr=2e-3,
+    warmup_steps=50,
+    min_lr_ratio=0.0,
+    max_grad_norm=1.0,
+    mixed_precision="no",
+)
 
 PROFILES: dict[str, Profile] = {
     "cpu": Profile(
@@ -124,21 +173,16 @@ PROFILES: dict[str, Profile] = {
         num_heads=4,
         width=16,
         num_strings=4,
-        train_t=(0, 1, 2, 3, 4),
-        eval_t=(0, 1, 2, 3, 4),
-        max_steps=1300,
-        batch_size=128,
-        gradient_accumulation_steps=1,
-        optimizer="adamw",
-        muon_lr=0.0,
-        adamw_lr=2e-3,
-        warmup_steps=100,
-        min_lr_ratio=0.0,
-        max_grad_norm=1.0,
-        mixed_precision="no",
+        train_t=(0, 1, 2, 3, 4, 5, 6),
+        eval_t=(0, 1, 2, 3, 4, 5, 6),
+        max_steps=600,
         eval_examples=1000,
         eval_batch_size=250,
-        expected="~8 min x N per job on one core; N=1,2,3 x 2 seeds with --jobs 2: ~60-70 min",
+        passes=(1, 2, 3, 4),
+        seeds=3,
+        gdn_heads=1,
+        **_CPU_OPTIMISER,
+        expected="see docs/results.md for measured job times",
     ),
     "gpu": Profile(
         name="gpu",
@@ -148,7 +192,7 @@ PROFILES: dict[str, Profile] = {
         width=24,
         num_strings=4,
         train_t=(32,),
-        eval_t=(4, 8, 16, 32),
+        eval_t=(32,),
         max_steps=96_700,
         batch_size=64,
         gradient_accumulation_steps=8,
@@ -192,6 +236,65 @@ PROFILES: dict[str, Profile] = {
         eval_batch_size=64,
         expected="< 2 min on the 2-core CPU machine",
     ),
+    "depo-cpu": Profile(
+        name="depo-cpu",
+        task="depo",
+        hidden_size=64,
+        num_layers=4,
+        num_heads=4,
+        width=24,  # L: a graph of 24 nodes is 96 tokens = 4 windows, 4 queries of 6 tokens the fifth
+        num_strings=0,
+        train_t=tuple(range(1, 9)),
+        eval_t=(1, 2, 4, 8),
+        max_steps=600,
+        eval_examples=500,
+        eval_batch_size=250,
+        passes=(1, 2, 4),
+        seeds=2,
+        gdn_heads=1,
+        depo_options=(
+            ("min_nodes", 3),
+            ("max_nodes", 24),
+            ("num_queries", 4),
+            ("word_length", 2),
+            ("num_symbols", 10),
+        ),
+        **_CPU_OPTIMISER,
+        expected="see docs/results.md for measured job times",
+    ),
+    "depo-smoke": Profile(
+        name="depo-smoke",
+        task="depo",
+        hidden_size=32,
+        num_layers=4,
+        num_heads=4,
+        width=8,
+        num_strings=0,
+        train_t=(1, 2),
+        eval_t=(1, 2),
+        max_steps=4,
+        batch_size=8,
+        gradient_accumulation_steps=1,
+        optimizer="adamw",
+        muon_lr=0.0,
+        adamw_lr=2e-3,
+        warmup_steps=1,
+        min_lr_ratio=0.0,
+        max_grad_norm=1.0,
+        mixed_precision="no",
+        eval_examples=8,
+        eval_batch_size=8,
+        passes=(1, 2),
+        seeds=1,
+        depo_options=(
+            ("min_nodes", 3),
+            ("max_nodes", 8),
+            ("num_queries", 2),
+            ("word_length", 2),
+            ("num_symbols", 4),
+        ),
+        expected="< 1 min",
+    ),
 }
 
 
@@ -221,12 +324,21 @@ class Job:
 
 
 def train_config_dict(
-    profile: Profile, passes: int, seed: int, steps: int, output_dir: Path
+    profile: Profile,
+    passes: int,
+    seed: int,
+    steps: int,
+    output_dir: Path,
+    train_t: Sequence[int] | None = None,
+    gdn_heads: int | None = None,
 ) -> dict[str, Any]:
     """The trainer config (`sleep_retrofit.train.config_from_dict`) of one run."""
+    if train_t is not None:  # the run's own t list decides the layout (announced iff mixed)
+        profile = dataclasses.replace(profile, train_t=tuple(train_t))
     examples = steps * profile.batch_size * profile.gradient_accumulation_steps
     if profile.max_train_examples is not None:
         examples = min(examples, profile.max_train_examples)
+    train_t = list(dict.fromkeys(profile.train_t))
     stage = {
         "max_steps": steps,
         "eviction": "hard",
@@ -237,6 +349,21 @@ def train_config_dict(
         "warmup_steps": profile.warmup_steps,
         "min_lr_ratio": profile.min_lr_ratio,
     }
+    options = profile.task_options()
+    data: dict[str, Any] = {
+        "task": profile.task,
+        # One epoch of fresh examples (no example seen twice) unless the profile caps it.
+        "train_examples": examples,
+        "eval_examples": min(256, profile.eval_examples),
+        "options": options,
+        "seed": seed,
+    }
+    if profile.task == "depo":
+        options["hops"] = train_t  # every query draws its k from these
+    elif len(train_t) == 1:
+        options["steps"] = train_t[0]
+    else:
+        data["mixture"] = [{"steps": t} for t in train_t]
     return {
         "output_dir": str(output_dir),
         "seed": seed,
@@ -256,18 +383,14 @@ def train_config_dict(
             "hidden_size": profile.hidden_size,
             "num_layers": profile.num_layers,
             "num_heads": profile.num_heads,
+            "gdn_heads": profile.gdn_heads if gdn_heads is None else gdn_heads,
+            "gdn_head_dim": profile.gdn_head_dim,
+            "initializer_range": profile.initializer_range,
             "passes": passes,
-            "window": profile.width,
+            "window": profile.window,
             "eviction": "hard",
         },
-        "data": {
-            "task": "rule110",
-            # One epoch of fresh examples (no example seen twice) unless the profile caps it.
-            "train_examples": examples,
-            "eval_examples": min(256, profile.eval_examples),
-            "options": {"width": profile.width, "num_strings": profile.num_strings},
-            "seed": seed,
-        },
+        "data": data,
         "stage2": stage,
     }
 
@@ -307,6 +430,7 @@ def plan_jobs(
         if not values or any(not isinstance(t, int) or t < 0 for t in values):
             raise ValueError(f"{name} must be a non-empty list of ints >= 0, got {values!r}")
     threads = profile.threads if threads is None else threads
+    profile = dataclasses.replace(profile, train_t=tuple(train_t), eval_t=tuple(eval_t))
 
     runs: list[tuple[str, int, int, str, int | None]] = []  # arm, N, steps, label, wide heads
     if "sleep" in arms:
@@ -331,7 +455,9 @@ def plan_jobs(
                     seed=seed,
                     steps=arm_steps,
                     directory=str(directory),
-                    train_config=train_config_dict(profile, n, seed, arm_steps, directory / "train"),
+                    train_config=train_config_dict(
+                        profile, n, seed, arm_steps, directory / "train", train_t, gdn_heads=heads
+                    ),
                     train_t=train_t,
                     eval_t=eval_t,
                     eval_examples=profile.eval_examples if eval_examples is None else eval_examples,
@@ -348,9 +474,16 @@ def plan_jobs(
 
 
 # ----------------------------------------------------------------------------- models
+def gdn_head_dim(profile: Profile) -> int:
+    """The profile's GDN head size (the wide arm adds heads of this size)."""
+    if profile.gdn_head_dim is not None:
+        return profile.gdn_head_dim
+    return profile.hidden_size // (profile.gdn_heads or profile.num_heads)
+
+
 def build_wide_toy(profile: Profile, vocab_size: int, gdn_heads: int, *, passes: int = 1, seed: int = 0):
-    """The toy hybrid with `gdn_heads` GDN heads of the default head size (hidden / num_heads),
-    so its state is gdn_heads / num_heads times the default's."""
+    """The profile's toy hybrid with `gdn_heads` GDN heads of the profile's head size, so its
+    state is gdn_heads / (the profile's heads) times the default's."""
     from sleep_retrofit.toy import build_toy_hybrid
 
     return build_toy_hybrid(
@@ -359,9 +492,10 @@ def build_wide_toy(profile: Profile, vocab_size: int, gdn_heads: int, *, passes:
         num_layers=profile.num_layers,
         num_heads=profile.num_heads,
         gdn_heads=gdn_heads,
-        gdn_head_dim=profile.hidden_size // profile.num_heads,
+        gdn_head_dim=gdn_head_dim(profile),
+        initializer_range=profile.initializer_range,
         passes=passes,
-        window=profile.width,
+        window=profile.window,
         eviction="hard",
         seed=seed,
     )
@@ -375,12 +509,12 @@ def _matmul_parameters(model: Any) -> int:
 
 def flop_matched_gdn_heads(profile: Profile, n_best: int) -> int:
     """GDN heads (head size fixed) that give N=1 the per-token matmul FLOPs of N=n_best with the
-    default heads. Sleep runs every layer N times per context chunk, so N passes cost about N
+    profile's heads. Sleep runs every layer N times per context chunk, so N passes cost about N
     times the matmul FLOPs of one; the parameter count is affine in the head count, so two
-    builds give the slope. Attention-score and state-update FLOPs (small at d=64, L=16) are
+    builds give the slope. Attention-score and state-update FLOPs (small at d=64, L=17) are
     left out."""
-    vocab = 2 * profile.num_strings + 8
-    base = profile.num_heads
+    vocab = 128
+    base = profile.gdn_heads or profile.num_heads
     p_base = _matmul_parameters(build_wide_toy(profile, vocab, base))
     p_double = _matmul_parameters(build_wide_toy(profile, vocab, 2 * base))
     per_head = (p_double - p_base) / base
@@ -393,7 +527,6 @@ def run_job(job: Job) -> dict[str, Any]:
     import torch
 
     from sleep_retrofit.evaluation import EvalSpec, run_grid
-    from sleep_retrofit.tasks import task_tokenizer
     from sleep_retrofit.train import train
     from sleep_retrofit.train.config import config_from_dict
 
@@ -401,43 +534,29 @@ def run_job(job: Job) -> dict[str, Any]:
         torch.set_num_threads(job.threads)
     directory = Path(job.directory)
     directory.mkdir(parents=True, exist_ok=True)
-    values = json.loads(json.dumps(job.train_config))
-    options = values["data"]["options"]
-    if len(job.train_t) == 1:
-        options["steps"] = job.train_t[0]
-    else:
-        values["data"]["mixture"] = [{"steps": t} for t in dict.fromkeys(job.train_t)]
-    if job.wide_gdn_heads is not None:
-        init_dir = directory / "init_model"
-        if not (init_dir / "config.json").is_file():
-            profile = _profile_of(values)
-            tokenizer = task_tokenizer("rule110", **options)
-            model = build_wide_toy(
-                profile, len(tokenizer), job.wide_gdn_heads, passes=job.passes, seed=job.seed
-            )
-            model.save_pretrained(init_dir)
-            tokenizer.save_pretrained(init_dir)
-        values["model"]["source"] = str(init_dir)
-    config = config_from_dict(values)
+    config = config_from_dict(json.loads(json.dumps(job.train_config)))
+    task = config.data.task
 
     began = time.perf_counter()
     results = train(config)
     train_seconds = time.perf_counter() - began
 
     began = time.perf_counter()
-    model_dir = Path(config.output_dir) / "model"
+    # The grid sets the difficulty per cell: the trained t / hop list is not a task option there.
+    options = {k: v for k, v in config.data.options.items() if k not in ("steps", "hops")}
+    axis = {"rule110": "steps", "depo": "hops"}[task]
     grid = run_grid(
         EvalSpec(
-            model=model_dir,
-            tasks=("rule110",),
+            model=Path(config.output_dir) / "model",
+            tasks=(task,),
             passes=(job.passes,),
-            steps=tuple(job.eval_t),
+            **{axis: tuple(job.eval_t)},
             num_examples=job.eval_examples,
             batch_size=job.eval_batch_size,
             out=directory / "eval",
             window=config.model.window,
             eviction="hard",
-            task_options={"rule110": {k: v for k, v in options.items() if k != "steps"}},
+            task_options={task: options},
             device=job.device,
             progress=False,
         )
@@ -452,19 +571,6 @@ def run_job(job: Job) -> dict[str, Any]:
     }
     (directory / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str) + "\n")
     return summary
-
-
-def _profile_of(values: dict[str, Any]) -> Profile:
-    """The model / task sizes of a train config, as a Profile (for build_wide_toy)."""
-    model, options = values["model"], values["data"]["options"]
-    return dataclasses.replace(
-        PROFILES["cpu"],
-        hidden_size=model["hidden_size"],
-        num_layers=model["num_layers"],
-        num_heads=model["num_heads"],
-        width=options["width"],
-        num_strings=options["num_strings"],
-    )
 
 
 def _run_subprocess(job: Job) -> dict[str, Any] | None:
@@ -503,9 +609,18 @@ def _note(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- aggregation
+# The metrics of each task's grid records that the harness aggregates over seeds, headline first.
+METRICS: dict[str, tuple[tuple[str, str], ...]] = {
+    "rule110": (("exact_match", "exact match"), ("mean_per_label_accuracy", "mean per-string accuracy")),
+    "depo": (("accuracy", "accuracy (whole answer word)"), ("loss", "test loss per answer token")),
+}
+DIFFICULTY = {"rule110": "t", "depo": "k"}
+
+
 def aggregate(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (arm label, t): exact match and mean per-label accuracy over seeds (mean,
-    sample standard deviation, min, max), per-label means, and the seeds' values."""
+    """One row per (arm label, difficulty): each of the task's METRICS over seeds (mean, sample
+    standard deviation, min, max, the seeds' values) and, for Rule 110, the per-string accuracy
+    averaged over seeds (`per_label_accuracy_mean`) and per seed (`per_label_accuracy`)."""
     groups: dict[tuple[str, int], list[tuple[int, dict[str, Any]]]] = {}
     order: dict[str, tuple[int, int, int]] = {}
     for summary in summaries:
@@ -517,26 +632,27 @@ def aggregate(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for (label, t), items in sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
         items.sort(key=lambda item: item[0])
         records = [r for _, r in items]
-        exact = [r["exact_match"] for r in records]
-        per_label = [r["mean_per_label_accuracy"] for r in records]
-        labels = list(zip(*(r["per_label_accuracy"] for r in records), strict=True))
         first = next(s for s in summaries if s["job"]["label"] == label)["job"]
-        rows.append(
-            {
-                "label": label,
-                "arm": first["arm"],
-                "passes": first["passes"],
-                "steps": first["steps"],
-                "tokens": first["tokens"],
-                "t": t,
-                "seeds": [seed for seed, _ in items],
-                "exact_match": _spread(exact),
-                "mean_per_label_accuracy": _spread(per_label),
-                "per_label_accuracy_mean": [statistics.fmean(values) for values in labels],
-                "chance_exact_match": records[0]["chance_exact_match"],
-                "num_examples": records[0]["num_examples"],
-            }
-        )
+        task = records[0]["task"]
+        row: dict[str, Any] = {
+            "label": label,
+            "arm": first["arm"],
+            "passes": first["passes"],
+            "steps": first["steps"],
+            "tokens": first["tokens"],
+            "task": task,
+            "t": t,
+            "seeds": [seed for seed, _ in items],
+            "num_examples": records[0]["num_examples"],
+        }
+        for key, _ in METRICS[task]:
+            row[key] = _spread([r[key] for r in records])
+        if task == "rule110":
+            per_label = [r["per_label_accuracy"] for r in records]
+            row["per_label_accuracy"] = per_label
+            row["per_label_accuracy_mean"] = [statistics.fmean(v) for v in zip(*per_label, strict=True)]
+            row["chance_exact_match"] = records[0]["chance_exact_match"]
+        rows.append(row)
     return rows
 
 
@@ -551,31 +667,36 @@ def _spread(values: Sequence[float]) -> dict[str, Any]:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], header: Sequence[str]) -> str:
-    """Exact match and mean per-label accuracy tables: t rows, one column per arm label; each
-    cell "mean ± std [min, max]" over seeds."""
+    """One table per metric: difficulty rows, one column per arm label, each cell
+    "mean ± std [min, max]" over seeds; for Rule 110 also the per-string accuracy
+    (mean over seeds, oldest string first)."""
     labels = list(dict.fromkeys(r["label"] for r in rows))
     ts = sorted({r["t"] for r in rows})
     by_cell = {(r["label"], r["t"]): r for r in rows}
+    task = rows[0]["task"] if rows else "rule110"
+    axis = DIFFICULTY[task]
     lines = list(header)
-    for key, title in (
-        ("exact_match", "exact match"),
-        ("mean_per_label_accuracy", "mean per-label accuracy"),
-    ):
-        chance = f" (chance {rows[0]['chance_exact_match']:.4g})" if key == "exact_match" and rows else ""
-        lines += [f"**{title}{chance}**: mean ± std [min, max] over seeds", ""]
-        lines.append("| t | " + " | ".join(labels) + " |")
-        lines.append("|---:|" + "---:|" * len(labels))
+
+    def table(title: str, cell: Callable[[dict[str, Any]], str]) -> None:
+        lines.extend(
+            [title, "", f"| {axis} | " + " | ".join(labels) + " |", "|---:|" + "---:|" * len(labels)]
+        )
         for t in ts:
-            cells = []
-            for label in labels:
-                row = by_cell.get((label, t))
-                if row is None:
-                    cells.append("–")
-                    continue
-                s = row[key]
-                cells.append(f"{s['mean']:.3f} ± {s['std']:.3f} [{s['min']:.3f}, {s['max']:.3f}]")
+            cells = [cell(by_cell[(label, t)]) if (label, t) in by_cell else "–" for label in labels]
             lines.append(f"| {t} | " + " | ".join(cells) + " |")
         lines.append("")
+
+    for key, title in METRICS[task]:
+        chance = f" (chance {rows[0]['chance_exact_match']:.4g})" if key == "exact_match" and rows else ""
+        table(
+            f"**{title}{chance}**: mean ± std [min, max] over seeds",
+            lambda row, key=key: "{mean:.3f} ± {std:.3f} [{min:.3f}, {max:.3f}]".format(**row[key]),
+        )
+    if task == "rule110":
+        table(
+            "**per-string accuracy** (string 0 = the oldest, evicted first): mean over seeds",
+            lambda row: " / ".join(f"{v:.2f}" for v in row["per_label_accuracy_mean"]),
+        )
     seeds = {r["label"]: len(r["seeds"]) for r in rows}
     tokens = {r["label"]: r["tokens"] for r in rows}
     lines += ["| run | seeds | training tokens |", "|---|---:|---:|"]
@@ -583,78 +704,78 @@ def markdown_table(rows: Sequence[dict[str, Any]], header: Sequence[str]) -> str
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
-    """Exact match against t, one line per arm label, error bars = std over seeds."""
+def _figure(width: float = 6, height: float = 4, ncols: int = 1):
+    """A matplotlib Figure and its axes, or None without matplotlib."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         _note("matplotlib is not installed: no plot")
         return None
+    figure = Figure(figsize=(width * ncols, height), layout="constrained")
+    return figure, figure.subplots(1, ncols, squeeze=False)[0]
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """The headline metric (and for Depo the test loss) against difficulty, one line per arm
+    label, error bars = std over seeds."""
     if not rows:
         return None
-    figure = Figure(figsize=(6, 4), layout="constrained")
-    ax = figure.subplots()
-    for label in dict.fromkeys(r["label"] for r in rows):
-        points = sorted(
-            (r["t"], r["exact_match"]["mean"], r["exact_match"]["std"]) for r in rows if r["label"] == label
-        )
-        ax.errorbar(
-            [p[0] for p in points],
-            [p[1] for p in points],
-            yerr=[p[2] for p in points],
-            marker="o",
-            capsize=3,
-            label=label,
-        )
-    ax.axhline(rows[0]["chance_exact_match"], color="grey", linestyle=":", label="chance")
-    ax.set_xticks(sorted({r["t"] for r in rows}))
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("t (Rule 110 steps)")
-    ax.set_ylabel("exact match (test)")
-    ax.set_title("Rule 110: exact match per t (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    task = rows[0]["task"]
+    metrics = METRICS[task] if task == "depo" else METRICS[task][:1]
+    made = _figure(ncols=len(metrics))
+    if made is None:
+        return None
+    figure, axes = made
+    for ax, (key, title) in zip(axes, metrics, strict=True):
+        for label in dict.fromkeys(r["label"] for r in rows):
+            points = sorted((r["t"], r[key]["mean"], r[key]["std"]) for r in rows if r["label"] == label)
+            ax.errorbar(*zip(*points, strict=True), marker="o", capsize=3, label=label)
+        if key == "exact_match":
+            ax.axhline(rows[0]["chance_exact_match"], color="grey", linestyle=":", label="chance")
+        if key != "loss":
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_xticks(sorted({r["t"] for r in rows}))
+        ax.set_xlabel({"rule110": "t (Rule 110 steps)", "depo": "k (hops)"}[task])
+        ax.set_ylabel(f"{title} (test)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.suptitle(f"{task}: mean ± std over seeds")
     figure.savefig(path, dpi=120)
     return path
 
 
 def plot_losses(summaries: Sequence[dict[str, Any]], path: Path) -> Path | None:
-    """Training loss against training tokens, one line per job (the trainer's log.jsonl)."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
-    figure = Figure(figsize=(6, 4), layout="constrained")
-    ax = figure.subplots()
-    colours: dict[str, Any] = {}
+    """Training loss against training tokens: one panel per arm label, one line per seed (every
+    run of the harness is drawn; the trainer's log.jsonl)."""
+    curves: dict[str, list[tuple[int, list[tuple[float, float]]]]] = {}
     for summary in summaries:
         job = summary["job"]
         log = Path(job["train_config"]["output_dir"]) / "stage2" / "log.jsonl"
         if not log.is_file():
             continue
         records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        points = [(r["step"], r["loss"]) for r in records if r.get("event") == "train"]
-        if not points:
-            continue
         tokens_per_step = job["tokens"] / job["steps"]
-        (line,) = ax.plot(
-            [step * tokens_per_step / 1e6 for step, _ in points],
-            [loss for _, loss in points],
-            color=colours.get(job["label"]),
-            linewidth=1,
-            label=None if job["label"] in colours else job["label"],
-        )
-        colours.setdefault(job["label"], line.get_color())
-    if not colours:
+        points = [
+            (r["step"] * tokens_per_step / 1e6, r["loss"]) for r in records if r.get("event") == "train"
+        ]
+        if points:
+            curves.setdefault(job["label"], []).append((job["seed"], points))
+    if not curves:
         return None
-    ax.set_ylim(0.3, 0.8)
-    ax.axhline(math.log(2), color="grey", linestyle=":", label="chance (ln 2)")
-    ax.set_xlabel("training tokens (millions)")
-    ax.set_ylabel("training loss (per label)")
-    ax.set_title("Rule 110: training loss (one line per seed)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    figure.savefig(path, dpi=120)
+    made = _figure(width=3.2, height=3.0, ncols=len(curves))
+    if made is None:
+        return None
+    figure, axes = made
+    for ax, (label, runs) in zip(axes, curves.items(), strict=True):
+        for seed, points in sorted(runs):
+            ax.plot(*zip(*points, strict=True), linewidth=1, label=f"seed {seed}")
+        ax.set_yscale("log")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("training tokens (M)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("training loss (per target token)")
+    figure.savefig(path, dpi=110)
     return path
 
 
@@ -709,12 +830,23 @@ def run_harness(
         ],
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    if profile.task == "rule110":
+        layout = (
+            f"{profile.num_strings} strings of W={profile.width} bits"
+            + (" each after its t token" if profile.announces else "")
+            + f", L={profile.window} hard eviction; trained on t in {list(jobs[0].train_t)}"
+        )
+    else:
+        layout = (
+            f"Depo {dict(profile.depo_options)}, L={profile.window} hard eviction; "
+            f"trained on k in {list(jobs[0].train_t)}"
+        )
     header = [
-        f"# Rule 110 N-trend: profile `{profile.name}`",
+        f"# {profile.task} N-trend: profile `{profile.name}`",
         "",
-        f"toy hybrid d={profile.hidden_size}, {profile.num_layers} layers, {profile.num_strings} strings of "
-        f"W={profile.width} bits, L={profile.width} hard eviction; trained on t in {list(jobs[0].train_t)}; "
-        f"{jobs[0].eval_examples} test examples per t. Wall time {wall_seconds / 60:.1f} min "
+        f"toy hybrid d={profile.hidden_size}, {profile.num_layers} layers, "
+        f"GDN {profile.gdn_heads or profile.num_heads} head(s) of {gdn_head_dim(profile)}; {layout}; {jobs[0].eval_examples} test examples per "
+        f"{DIFFICULTY[profile.task]}. Wall time {wall_seconds / 60:.1f} min "
         f"({len(pending)} jobs run now, {parallel if not in_process else 1} at a time).",
         "",
     ]
@@ -794,6 +926,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     parallel = args.jobs or profile.jobs
+    profile = dataclasses.replace(profile, train_t=tuple(jobs[0].train_t), eval_t=tuple(jobs[0].eval_t))
     if args.dry_run:
         for job in jobs:
             print(f"{job.name}: {job.label}, seed {job.seed}, {job.steps} steps, {job.tokens:,} tokens")

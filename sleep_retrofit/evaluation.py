@@ -13,10 +13,11 @@ The difficulty axis of each task:
 =============  =====  ====================================================================
 task           axis   data, and how a model's answer is scored
 =============  =====  ====================================================================
-rule110        t      Rule 110 steps. Test split generated from the fixed seed; one forward
-                      pass (the labels fed back in, as in training); label j's prediction is
-                      the argmax over string j's two bit tokens; ``score_rule110`` (exact
-                      match over the labels, per-label accuracy).
+rule110        t      Rule 110 steps. Test split generated from the fixed seed; label j's
+                      prediction is the argmax over string j's two bit tokens, decoded from
+                      the model's own labels 0..j-1 (free running, one forward per label:
+                      feeding gold labels back would leak t); ``score_rule110`` (exact
+                      match over the labels, per-label accuracy). The loss is teacher-forced.
 depo           k      hops, Depo's test protocol (n = max_nodes, one k per cell); one forward
                       pass; each answer token's prediction is the argmax over the vocabulary.
                       A word counts as right when all its tokens are, which is exactly greedy
@@ -57,7 +58,7 @@ from typing import Any
 
 import torch
 
-from .modeling import target_logits
+from .modeling import free_running_targets, target_logits
 from .sleep.settings import SleepSettings
 from .tasks.collate import SleepCollator
 from .tasks.depo import DepoConfig, DepoTask, score_depo
@@ -621,6 +622,30 @@ def _batches(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield rows[start : start + size]
 
 
+def _collated_batches(
+    model: torch.nn.Module,
+    rows: Sequence[dict[str, Any]],
+    ids: Mapping[str, int],
+    pad_id: int,
+    settings: SleepSettings,
+    batch_size: int,
+) -> Iterator[tuple[Sequence[dict[str, Any]], dict[str, torch.Tensor]]]:
+    """The synthetic-task rows in batches laid out by SleepCollator, on the model's device."""
+    collator = SleepCollator(settings.window, pad_id)
+    device = _model_device(model)
+    for batch_rows in _batches(rows, batch_size):
+        features = [
+            {
+                "input_ids": [ids[token] for token in row["tokens"]],
+                "loss_mask": row["loss_mask"],
+                "target_start": row["target_start"],
+            }
+            for row in batch_rows
+        ]
+        batch = collator(features)
+        yield batch_rows, {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
+
+
 def _teacher_forced(
     model: torch.nn.Module,
     rows: Sequence[dict[str, Any]],
@@ -634,28 +659,11 @@ def _teacher_forced(
 ) -> None:
     """Run the synthetic-task rows through the model in batches; `per_row(row, logits,
     targets)` gets each row's target logits [n, V] and targets [n]."""
-    collator = SleepCollator(settings.window, pad_id)
-    device = _model_device(model)
-    for batch_rows in _batches(rows, batch_size):
-        features = [
-            {
-                "input_ids": [ids[token] for token in row["tokens"]],
-                "loss_mask": row["loss_mask"],
-                "target_start": row["target_start"],
-            }
-            for row in batch_rows
-        ]
-        batch = collator(features)
-        labels = batch["labels"].to(device)
-        output = model(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            labels=labels,
-            passes=passes,
-            window=settings.window,
-            eviction=settings.eviction,
-        )
-        for row, (logits, targets) in zip(batch_rows, target_logits(output.logits, labels), strict=True):
+    for batch_rows, batch in _collated_batches(model, rows, ids, pad_id, settings, batch_size):
+        output = model(**batch, passes=passes, window=settings.window, eviction=settings.eviction)
+        for row, (logits, targets) in zip(
+            batch_rows, target_logits(output.logits, batch["labels"]), strict=True
+        ):
             per_row(row, logits, targets)
         if bar is not None:
             bar.update(len(batch_rows))
@@ -667,19 +675,28 @@ def _evaluate_rule110(
     task, ids, pad = group.task_object
     rows = group.examples()
     num_strings = task.config.num_strings
-    # Label j is read as the larger of string j's two bit-token logits.
+    # Label j is the larger of string j's two bit-token logits, decoded from the model's own
+    # earlier labels (free running): teacher forcing would feed gold label j-1 in, which leaks t.
     bit_ids = torch.tensor([[ids[task.bit_token(j, b)] for b in (0, 1)] for j in range(num_strings)])
+    to_bit = {int(bit_ids[j, b]): b for j in range(num_strings) for b in (0, 1)}
     predictions: list[list[int]] = []
     losses: list[float] = []
-
-    def per_row(row: dict[str, Any], logits: torch.Tensor, targets: torch.Tensor) -> None:
-        if logits.shape[0] != num_strings:
-            raise RuntimeError(f"rule110: expected {num_strings} label logits, got {logits.shape[0]}")
-        pair = logits.gather(1, bit_ids.to(logits.device))  # [S, 2]
-        predictions.append([int(b) for b in pair.argmax(dim=-1).tolist()])
-        losses.extend(torch.nn.functional.cross_entropy(logits, targets, reduction="none").tolist())
-
-    _teacher_forced(model, rows, ids, pad, settings, passes, spec.batch_size, per_row, bar)
+    for batch_rows, batch in _collated_batches(model, rows, ids, pad, settings, spec.batch_size):
+        predicted, teacher_forced = free_running_targets(
+            model,
+            batch["input_ids"],
+            batch["labels"],
+            bit_ids,
+            attention_mask=batch["attention_mask"],
+            passes=passes,
+            window=settings.window,
+            eviction=settings.eviction,
+        )
+        predictions += [[to_bit[int(token)] for token in row] for row in predicted.tolist()]
+        for logits, targets in teacher_forced:
+            losses.extend(torch.nn.functional.cross_entropy(logits, targets, reduction="none").tolist())
+        if bar is not None:
+            bar.update(len(batch_rows))
     scores = score_rule110(predictions, [row["answer"] for row in rows])
     per_label = scores["per_label_accuracy"]
     record = {

@@ -351,6 +351,56 @@ def target_logits(logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[torc
     return rows
 
 
+@torch.no_grad()
+def free_running_targets(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    choices: torch.Tensor | None = None,
+    **forward_kwargs: Any,
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Predict every target of a ``forward(..., labels=labels)`` batch from the model's OWN
+    earlier predictions (greedy decoding in the training layout), not from gold targets.
+
+    Teacher forcing feeds gold target j back in as the input that predicts target j+1; when
+    the targets are separate answers (Rule 110's labels, one per string) that leaks one answer
+    into the next. Here target j is predicted with targets 0..j-1 replaced by the model's own
+    choices: one forward per target position, each reusing the whole sleep layout.
+
+    input_ids, labels [B, T] as a SleepCollator batch gives them; every row has the same number
+    n of targets. choices [n, c] (optional): the token ids target j may take (argmax over those
+    only, e.g. string j's two bit tokens); None: the whole vocabulary.
+    Returns (predicted token ids [B, n], the teacher-forced ``target_logits`` of the first
+    forward, for losses)."""
+    targets = labels[:, 1:] != -100  # column p predicts the label at p+1
+    counts = targets.sum(dim=1)
+    if counts.numel() and bool((counts != counts[0]).any()):
+        raise ValueError(
+            f"free_running_targets needs the same number of targets per row, got {counts.tolist()}"
+        )
+    n = int(counts[0]) if counts.numel() else 0
+    if choices is not None and choices.shape[0] != n:
+        raise ValueError(f"choices has {choices.shape[0]} rows, the batch has {n} targets per row")
+    # columns[b, j]: the input column holding target j of row b (the token it predicts is fed there)
+    columns = (targets.nonzero()[:, 1] + 1).view(labels.shape[0], n)
+    ids = input_ids.clone()
+    predicted = torch.empty(labels.shape[0], n, dtype=torch.long, device=input_ids.device)
+    first: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for j in range(n):
+        output = model(input_ids=ids, labels=labels, **forward_kwargs)
+        rows = target_logits(output.logits, labels)
+        if j == 0:
+            first = rows
+        logits = torch.stack([row_logits[j] for row_logits, _ in rows])  # [B, V]
+        if choices is None:
+            predicted[:, j] = logits.argmax(dim=-1)
+        else:
+            allowed = choices[j].to(logits.device)
+            predicted[:, j] = allowed[logits[:, allowed].argmax(dim=-1)]
+        ids.scatter_(1, columns[:, j : j + 1], predicted[:, j : j + 1])
+    return predicted, first
+
+
 def register() -> None:
     """Make AutoConfig / AutoModelForCausalLM resolve "sleep_retrofit" to these classes."""
     AutoConfig.register(SleepRetrofitConfig.model_type, SleepRetrofitConfig, exist_ok=True)

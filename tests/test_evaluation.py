@@ -172,15 +172,20 @@ def test_rule110_and_depo_scores_match_a_direct_computation(grid, model_dir):
     rows = list(build_dataset("rule110", "test", 6, steps=3))
     predictions, losses = [], []
     for row in rows:
-        ids = torch.tensor([tokenizer(row["text"])["input_ids"]])
+        gold = torch.tensor([tokenizer(row["text"])["input_ids"]])
         with torch.no_grad():
-            logits = model(ids, passes=2).logits[0]
+            logits = model(gold, passes=2).logits[0]
+        ids = gold.clone()
         bits = []
         for j in range(4):
             position = row["target_start"] + j  # `?` predicts label 0, label j-1 predicts label j
+            losses.append(torch.nn.functional.cross_entropy(logits[position], gold[0, position + 1]).item())
+            # Free running: label j is read after the model's OWN labels 0..j-1 were fed back.
+            with torch.no_grad():
+                own = model(ids, passes=2).logits[0]
             zero, one = vocab[f"s{j}_0"], vocab[f"s{j}_1"]
-            bits.append(int(logits[position, one] > logits[position, zero]))
-            losses.append(torch.nn.functional.cross_entropy(logits[position], ids[0, position + 1]).item())
+            bits.append(int(own[position, one] > own[position, zero]))
+            ids[0, position + 1] = one if bits[-1] else zero
         predictions.append(bits)
     record = by_cell[("rule110", 3, 2)]
     assert record["outputs"] == predictions

@@ -68,6 +68,9 @@ def test_smoke_plumbing_writes_json_and_markdown(harness, tmp_path):
     for label in labels:
         assert f" {label} |" in markdown
     assert "| 2 | " in markdown
+    assert "**per-string accuracy** (string 0 = the oldest" in markdown
+    per_string = summary[("N=2", 2)]["per_label_accuracy_mean"]
+    assert per_string == records[("N=2", 2)]["per_label_accuracy"] and len(per_string) == 3
     for figure in ("accuracy.png", "loss.png"):  # matplotlib comes with the dev extras
         assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
 
@@ -92,17 +95,44 @@ def test_smoke_plumbing_writes_json_and_markdown(harness, tmp_path):
     assert (tmp_path / "jobs" / "sleep_N1_seed0" / "summary.json").stat().st_mtime_ns == before
 
 
-def test_data_mixture_feeds_the_trainer_a_uniform_mixture(harness):
+def test_data_mixture_feeds_the_trainer_an_announced_uniform_mixture(harness):
     from sleep_retrofit.train.config import config_from_dict
     from sleep_retrofit.train.data import build_rows
 
-    values = harness.train_config_dict(harness.PROFILES["smoke"], 1, 3, 2, Path("unused"))
-    values["data"]["mixture"] = [{"steps": t} for t in range(5)]
+    smoke = harness.PROFILES["smoke"]
+    values = harness.train_config_dict(smoke, 1, 3, 2, Path("unused"))
+    assert values["data"]["mixture"] == [{"steps": t} for t in range(5)]
+    # Mixed t is announced: every string opens with its t token, in a chunk of W + 1.
+    assert values["data"]["options"]["announce_steps"] is True
+    assert values["model"]["window"] == smoke.width + 1
     rows = build_rows(config_from_dict(values), "train", 23, None)
     counts = {t: sum(row["steps"] == t for row in rows) for t in range(5)}
     assert counts == {0: 5, 1: 5, 2: 5, 3: 4, 4: 4}
     assert len({tuple(map(tuple, row["strings"])) for row in rows}) == 23  # every t its own strings
     assert [row["steps"] for row in rows] != sorted(row["steps"] for row in rows)  # shuffled
+    for row in rows:
+        w = smoke.width + 1
+        assert [row["tokens"][j * w] for j in range(smoke.num_strings)] == [
+            f"t{row['steps']}"
+        ] * smoke.num_strings
+    # One t per run is the paper's layout: nothing announced, L = W.
+    single = harness.train_config_dict(smoke, 1, 3, 2, Path("unused"), train_t=[2])
+    assert "announce_steps" not in single["data"]["options"] and single["data"]["options"]["steps"] == 2
+    assert single["model"]["window"] == smoke.width and "mixture" not in single["data"]
+
+
+def test_depo_smoke_reports_loss_and_accuracy_per_k(harness, tmp_path):
+    argv = ["--profile", "depo-smoke", "--in-process", "--out", str(tmp_path)]
+    assert harness.main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    summary = {(row["label"], row["t"]): row for row in results["summary"]}
+    assert set(summary) == {(f"N={n}", k) for n in (1, 2) for k in (1, 2)}
+    for row in summary.values():
+        assert row["task"] == "depo" and 0.0 <= row["accuracy"]["mean"] <= 1.0 and row["loss"]["mean"] > 0
+    job = json.loads((tmp_path / "jobs" / "sleep_N2_seed0" / "summary.json").read_text())["job"]
+    assert job["train_config"]["data"]["options"]["hops"] == [1, 2]
+    markdown = (tmp_path / "results.md").read_text()
+    assert "**test loss per answer token**" in markdown and "| k | N=1 | N=2 |" in markdown
 
 
 def test_plan_matches_budgets_and_rejects_bad_input(harness, tmp_path):
@@ -115,8 +145,10 @@ def test_plan_matches_budgets_and_rejects_bad_input(harness, tmp_path):
         "n1-long_seed0",
     ]
     sleep_tokens = {job.tokens for job in jobs if job.arm == "sleep"}
-    assert sleep_tokens == {1300 * 128 * 69}  # the issue's ~11M-token budget, equal for every N
-    assert {job.steps for job in jobs if job.arm == "n1-long"} == {3 * 1300}
+    steps = cpu.max_steps
+    # 4 strings of 16 bits, each after its t token, the query and 4 labels: equal for every N
+    assert sleep_tokens == {steps * 128 * (4 * 17 + 1 + 4)}
+    assert {job.steps for job in jobs if job.arm == "n1-long"} == {3 * steps}
     assert all(job.threads == 1 for job in jobs)
     with pytest.raises(ValueError, match="passes"):
         harness.plan_jobs(cpu, tmp_path, passes=[0], seeds=1, arms=["sleep"])

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -367,3 +368,40 @@ def test_target_logits_splits_the_compacted_logits_per_row():
     assert torch.equal(second, logits[1, [1]]) and second_targets.tolist() == [6]
     with pytest.raises(ValueError, match="logits cover 4 positions, expected 3"):
         target_logits(torch.zeros(2, 4, 4), labels)
+
+
+class _CopyPreviousToken(torch.nn.Module):
+    """A stand-in model whose prediction at every position is the input token there (so the
+    teacher-forced prediction of target j+1 is gold target j), returning logits compacted to
+    the target positions like SleepRetrofitForCausalLM does with labels."""
+
+    vocab_size = 10
+
+    def forward(self, input_ids, labels, **kwargs):
+        logits = torch.nn.functional.one_hot(input_ids, self.vocab_size).float()
+        wanted = (labels[:, 1:] != -100).any(dim=0)
+        return types.SimpleNamespace(logits=logits[:, :-1][:, wanted])
+
+
+def test_free_running_targets_feed_back_the_models_own_predictions():
+    from sleep_retrofit.modeling import free_running_targets
+
+    ids = torch.tensor([[1, 2, 3, 7, 8, 9], [0, 4, 3, 6, 5, 7]])
+    labels = torch.full_like(ids, -100)
+    labels[:, 3:] = ids[:, 3:]  # three targets per row, predicted from columns 2, 3, 4
+    predicted, teacher_forced = free_running_targets(_CopyPreviousToken(), ids, labels)
+    # Own predictions: target 0 copies column 2 (token 3); it is fed back, so every later one does too.
+    assert predicted.tolist() == [[3, 3, 3], [3, 3, 3]]
+    # The first forward is the teacher-forced one: it copies the gold targets shifted by one.
+    assert [logits.argmax(-1).tolist() for logits, _ in teacher_forced] == [[3, 7, 8], [3, 6, 5]]
+    assert [targets.tolist() for _, targets in teacher_forced] == [[7, 8, 9], [6, 5, 7]]
+    # Restricted choices: target j picks among its own allowed tokens only.
+    choices = torch.tensor([[3, 4], [5, 3], [6, 8]])
+    predicted, _ = free_running_targets(_CopyPreviousToken(), ids, labels, choices)
+    assert predicted.tolist() == [[3, 3, 6], [3, 3, 6]]  # token 3 is not allowed for target 2
+    with pytest.raises(ValueError, match="choices has 2 rows"):
+        free_running_targets(_CopyPreviousToken(), ids, labels, choices[:2])
+    uneven = labels.clone()
+    uneven[0, 3] = -100
+    with pytest.raises(ValueError, match="same number of targets"):
+        free_running_targets(_CopyPreviousToken(), ids, uneven)

@@ -102,6 +102,35 @@ def test_paper_layout_one_string_per_chunk():
     assert not batch["loss_mask"][:, :96].any() and batch["loss_mask"][:, 97:].all()
 
 
+def test_announced_steps_open_every_context_chunk():
+    """With announce_steps every string's chunk starts with its t token, the chunk is W + 1
+    tokens, and the vocabulary (so every id) is the same whatever t is."""
+    W, S = 16, 4
+    tasks = {t: Rule110Task(width=W, steps=t, announce_steps=True) for t in (0, 3, 17)}
+    assert {task.chunk_length for task in tasks.values()} == {W + 1}
+    assert Rule110Task(width=W).chunk_length == W
+    vocabularies = {tuple(task.symbols()) for task in tasks.values()}
+    assert len(vocabularies) == 1
+    # The unannounced ids are unchanged (step tokens are appended after them).
+    plain = Rule110Task(width=W).symbols()
+    assert list(next(iter(vocabularies)))[: len(plain)] == plain
+
+    data = build_dataset("rule110", "test", 5, width=W, steps=3, announce_steps=True)
+    batch = SleepCollator(W + 1, pad_token_id=0)(list(data))
+    t3 = tasks[3].vocabulary.ids(["t3"])[0]
+    for row, ex in zip(batch["input_ids"].tolist(), data, strict=True):
+        assert ex["target_start"] == S * (W + 1)
+        for j in range(S):
+            chunk = row[(W + 1) * j : (W + 1) * (j + 1)]
+            assert chunk[0] == t3
+            assert chunk[1:] == tasks[3].vocabulary.ids([f"s{j}_{b}" for b in ex["strings"][j]])
+        assert ex["tokens"][S * (W + 1)] == "?"
+    # The same strings at another t (splits are by strings): only the step tokens and labels differ.
+    other = build_dataset("rule110", "test", 5, width=W, steps=17, announce_steps=True)
+    assert [ex["strings"] for ex in other] == [ex["strings"] for ex in data]
+    assert other[0]["tokens"][0] == "t17"
+
+
 def test_parse_labels_rejects_other_strings_tokens():
     task = Rule110Task()
     assert task.parse_labels(["s0_1", "s0_1", "s2_0", "junk"]) == [1, None, 0, None]
@@ -133,6 +162,9 @@ def test_score_rule110():
         ({"width": 0}, "width"),
         ({"num_strings": 0}, "num_strings"),
         ({"boundary": "reflect"}, "boundary"),
+        ({"announce_steps": 1}, "announce_steps"),
+        ({"announce_steps": True, "steps": 64}, "no step token"),
+        ({"announce_steps": True, "steps": 8, "step_vocabulary": 0}, "step_vocabulary"),
     ],
 )
 def test_bad_options(options, message):

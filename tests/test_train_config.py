@@ -73,11 +73,25 @@ def test_unknown_override_key_is_an_error():
         ({"mixed_precision": "fp16"}, "mixed_precision must be one of"),
         ({"stage1": {"min_lr_ratio": 2}}, "min_lr_ratio"),
         ({"model": {"num_layers": 3}}, "even"),
+        ({"data": {"mixture": [{"steps": 0}, {"steps": 2}]}}, "without telling the model which t"),
+        (
+            {"data": {"mixture": [{"steps": 0}, {"steps": 2, "announce_steps": True}]}},
+            "announce_steps: true",
+        ),
     ],
 )
 def test_bad_values_raise_config_errors(values, match):
     with pytest.raises(ConfigError, match=match):
         config_from_dict(values)
+
+
+def test_an_announced_t_mixture_is_accepted():
+    config = config_from_dict(
+        {"data": {"options": {"announce_steps": True}, "mixture": [{"steps": 0}, {"steps": 2}]}}
+    )
+    assert config.data.options["announce_steps"] is True
+    # One t per run needs no announcement.
+    config_from_dict({"data": {"mixture": [{"steps": 2, "width": 8}, {"steps": 2, "width": 16}]}})
 
 
 def test_missing_config_file():

@@ -37,12 +37,13 @@ SEPARATOR_TOKEN = "->"
 @dataclass(frozen=True)
 class DepoConfig:
     """Depo options. `max_hops` fixes the hop-token vocabulary (hop1..hop{max_hops}) so that
-    train and test configs share a tokenizer; `hops` are the k values actually drawn."""
+    train and test configs share a tokenizer; `hops` are the k values actually drawn (default
+    all of 1..max_hops)."""
 
     min_nodes: int = 3
     max_nodes: int = 75
     num_queries: int = 10
-    hops: tuple[int, ...] = tuple(range(1, 17))
+    hops: tuple[int, ...] | None = None  # None: every k in 1..max_hops
     max_hops: int = 16
     word_length: int = 2
     num_symbols: int = 10
@@ -63,7 +64,7 @@ class DepoConfig:
                 f"num_symbols**word_length = {self.num_symbols**self.word_length} distinct words cannot "
                 f"label max_nodes = {self.max_nodes} nodes; raise num_symbols or word_length"
             )
-        hops = tuple(self.hops)
+        hops = tuple(range(1, self.max_hops + 1)) if self.hops is None else tuple(self.hops)
         if not hops or any(
             not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.max_hops for k in hops
         ):

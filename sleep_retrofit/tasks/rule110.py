@@ -20,6 +20,19 @@ Tokens: by default string j has its own pair of bit tokens `s{j}_0` / `s{j}_1`, 
 token names its string and a label token fed back in names the string just answered
 (with shared tokens only the position does). `per_string_tokens=False` uses `0` / `1`.
 
+Announcing t (`announce_steps=True`): every string is preceded by a step token `t{t}`, so each
+context chunk is `[t{t}] [W bits]` (W + 1 tokens: use L = W + 1, `Rule110Task.chunk_length`)
+and the model knows which t is asked while it consolidates the string. A run that mixes
+several t must announce it: without it the labels are ambiguous (the best predictor that
+cannot see t scores per-label .70-.75, exact .23-.31 at W=16, t mixed over 0..4). The paper
+trains one t per run and announces nothing (the default). The vocabulary holds the step
+tokens t0 .. t{step_vocabulary - 1} whatever t is, so one tokenizer serves every t.
+
+Scoring: exact match must come from the model's own predictions. Teacher forcing feeds the
+gold label of string j back in as the input that predicts label j+1, which leaks t (and the
+other strings' answers); the evaluation decodes the labels one by one instead, feeding its own
+predicted bits back (`sleep_retrofit.evaluation.free_running_targets`).
+
 Boundary: "periodic" (default; the string is a ring) or "zero" (cells beyond both ends are
 0 at every step: a fixed null boundary of width W). The paper does not state its choice.
 """
@@ -75,9 +88,11 @@ class Rule110Config:
     num_strings: int = 4
     boundary: str = "periodic"
     per_string_tokens: bool = True
+    announce_steps: bool = False
+    step_vocabulary: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("width", "num_strings"):
+        for name in ("width", "num_strings", "step_vocabulary"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -89,6 +104,19 @@ class Rule110Config:
             raise ValueError(f"steps (t) must be an int in [0, {MAX_STEPS}], got {self.steps!r}")
         if self.boundary not in BOUNDARIES:
             raise ValueError(f"boundary must be one of {list(BOUNDARIES)}, got {self.boundary!r}")
+        if not isinstance(self.announce_steps, bool):
+            raise ValueError(f"announce_steps must be true or false, got {self.announce_steps!r}")
+        if self.announce_steps and self.steps >= self.step_vocabulary:
+            raise ValueError(
+                f"steps (t) = {self.steps} has no step token: announced t must be < step_vocabulary "
+                f"({self.step_vocabulary}); raise step_vocabulary"
+            )
+
+    @property
+    def chunk_length(self) -> int:
+        """Tokens per string in the context: W bits, plus the step token when t is announced.
+        With L = chunk_length every string is its own chunk."""
+        return self.width + int(self.announce_steps)
 
 
 class Rule110Task:
@@ -105,9 +133,20 @@ class Rule110Task:
     def bit_token(self, string_index: int, bit: int) -> str:
         return f"s{string_index}_{bit}" if self.config.per_string_tokens else str(bit)
 
+    @staticmethod
+    def step_token(steps: int) -> str:
+        return f"t{steps}"
+
+    @property
+    def chunk_length(self) -> int:
+        return self.config.chunk_length
+
     def symbols(self) -> list[str]:
         strings = range(self.config.num_strings) if self.config.per_string_tokens else [0]
-        return [self.bit_token(j, b) for j in strings for b in (0, 1)] + [QUERY_TOKEN]
+        symbols = [self.bit_token(j, b) for j in strings for b in (0, 1)] + [QUERY_TOKEN]
+        if self.config.announce_steps:
+            symbols += [self.step_token(t) for t in range(self.config.step_vocabulary)]
+        return symbols
 
     def tokenizer(self) -> PreTrainedTokenizerFast:
         return self.vocabulary.tokenizer()
@@ -126,7 +165,10 @@ class Rule110Task:
         cfg = self.config
         final = rule110_evolve(np.array(strings), cfg.steps, cfg.boundary)
         answer = [int(bit) for bit in final[:, 0]]
-        tokens = [self.bit_token(j, bit) for j, bits in enumerate(strings) for bit in bits]
+        announce = [self.step_token(cfg.steps)] if cfg.announce_steps else []
+        tokens = [
+            tok for j, bits in enumerate(strings) for tok in announce + [self.bit_token(j, b) for b in bits]
+        ]
         target_start = len(tokens)
         tokens += [QUERY_TOKEN] + [self.bit_token(j, bit) for j, bit in enumerate(answer)]
         loss_mask = [0] * (target_start + 1) + [1] * cfg.num_strings

@@ -57,11 +57,14 @@ class ModelConfig:
     window: int = 24
     eviction: str = "hard"
     fast_weights: str | None = None
-    # toy hybrid only
+    # toy hybrid only (sleep_retrofit.toy.build_toy_hybrid; None = its default)
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int | None = None
+    gdn_heads: int | None = None
+    gdn_head_dim: int | None = None
+    initializer_range: float = 0.02
     dtype: str = "float32"
     trust_remote_code: bool = False
 
@@ -337,8 +340,13 @@ def validate(config: TrainConfig) -> None:
     _choice("model.eviction", model.eviction, ("hard", "sliding"))
     for name in ("hidden_size", "num_layers", "num_heads"):
         _positive_int(f"model.{name}", getattr(model, name))
-    if model.intermediate_size is not None:
-        _positive_int("model.intermediate_size", model.intermediate_size)
+    for name in ("intermediate_size", "gdn_heads", "gdn_head_dim"):
+        if getattr(model, name) is not None:
+            _positive_int(f"model.{name}", getattr(model, name))
+    if not _is_number(model.initializer_range) or not 0 < model.initializer_range < 10:
+        raise ConfigError(
+            f"model.initializer_range must be a number in (0, 10), got {model.initializer_range!r}"
+        )
     if model.source == "toy" and model.num_layers % 2:
         raise ConfigError(
             f"model.num_layers must be even for the toy hybrid (attn/GDN pairs), got {model.num_layers}"
@@ -356,6 +364,15 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"data.mixture must be a list of option mappings, got {data.mixture!r}")
     if data.mixture and data.path is not None:
         raise ConfigError("data.mixture applies to generated data; it cannot be combined with data.path")
+    mixed_steps = {m.get("steps", data.options.get("steps")) for m in data.mixture}
+    if data.task == "rule110" and len(mixed_steps) > 1:
+        announced = {m.get("announce_steps", data.options.get("announce_steps", False)) for m in data.mixture}
+        if announced != {True}:
+            raise ConfigError(
+                f"data.mixture mixes Rule 110 steps {sorted(mixed_steps, key=str)} without telling the model "
+                "which t an example asks: set data.options.announce_steps: true (each context chunk then "
+                "starts with a t token; use model.window = width + 1), or train one t per run"
+            )
     if data.path is not None and not Path(data.path).expanduser().exists():
         raise ConfigError(f"data.path does not exist: {data.path}")
     if data.path is not None and data.task != "gsm_infinite":
