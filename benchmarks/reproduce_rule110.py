@@ -845,7 +845,8 @@ def run_harness(
         f"# {profile.task} N-trend: profile `{profile.name}`",
         "",
         f"toy hybrid d={profile.hidden_size}, {profile.num_layers} layers, "
-        f"GDN {profile.gdn_heads or profile.num_heads} head(s) of {gdn_head_dim(profile)}; {layout}; {jobs[0].eval_examples} test examples per "
+        f"GDN {profile.gdn_heads or profile.num_heads} head(s) of {gdn_head_dim(profile)}; {layout}; "
+        f"{jobs[0].eval_examples} test examples per "
         f"{DIFFICULTY[profile.task]}. Wall time {wall_seconds / 60:.1f} min "
         f"({len(pending)} jobs run now, {parallel if not in_process else 1} at a time).",
         "",
