@@ -22,7 +22,13 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .models.loading import StrictLoadingMixin
 from .models.registry import resolve_family
-from .retrofit import FastWeightBlock, FastWeightPlan, build_fast_weight_blocks, default_plan
+from .retrofit import (
+    RETENTION_HORIZON_CHUNKS,
+    FastWeightBlock,
+    FastWeightPlan,
+    build_fast_weight_blocks,
+    default_plan,
+)
 from .sleep import SleepCache, SleepEngine, SleepSettings, build_stack
 
 SHIM_MODULE = "modeling_sleep_retrofit"
@@ -171,9 +177,14 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         base_model: PreTrainedModel,
         plan: FastWeightPlan | None = None,
         settings: SleepSettings | None = None,
+        retention_chunks: int | None = RETENTION_HORIZON_CHUNKS,
     ) -> SleepRetrofitForCausalLM:
         """Wrap a loaded base model (its weights are reused, not copied); `plan` defaults to
-        the family's :func:`default_plan`, `settings` to :class:`SleepSettings` defaults."""
+        the family's :func:`default_plan`, `settings` to :class:`SleepSettings` defaults.
+
+        retention_chunks: the inserted blocks' decays start tuned to keep a chunk's write for
+        this many further chunks at the settings' window and N
+        (:meth:`FastWeightBlock.init_retention`); None keeps the layers' own (fla/Mamba2) init."""
         plan = default_plan(base_model.config) if plan is None else plan
         settings = SleepSettings() if settings is None else settings
         config = SleepRetrofitConfig(
@@ -185,6 +196,9 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
             loop_span=list(settings.loop_span) if settings.loop_span is not None else None,
         )
         model = cls(config, base_model=base_model)
+        if retention_chunks is not None:
+            for block in model.fast_weights.values():
+                block.init_retention(settings.window, settings.passes, retention_chunks)
         return model.to(dtype=next(base_model.parameters()).dtype)
 
     def _init_weights(self, module: nn.Module) -> None:

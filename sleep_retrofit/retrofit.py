@@ -61,7 +61,12 @@ __all__ = [
     "format_parameter_count",
     "parameter_report",
     "plan_from_every",
+    "retention_time_constants",
 ]
+
+# Inserted blocks start with decays that keep a chunk's write for this many further chunks of
+# N passes (docs/sleep.md, "Retention at insertion").
+RETENTION_HORIZON_CHUNKS = 8
 
 # kind -> (layer class, the name of its width argument)
 _MIXERS: dict[str, tuple[type[nn.Module], str]] = {
@@ -231,6 +236,20 @@ class FastWeightBlock(nn.Module):
         """The projections that are zero at insertion: the mixer's output and the MLP's down_proj."""
         mixer_out = self.mixer.out_proj if self.kind == "mamba2" else self.mixer.o_proj
         return [mixer_out] + ([self.mlp.down_proj] if self.mlp is not None else [])
+
+    @torch.no_grad()
+    def init_retention(
+        self, window: int, passes: int, horizon_chunks: int = RETENTION_HORIZON_CHUNKS
+    ) -> None:
+        """Set each head's decay at insertion for retention across windows (see
+        :func:`retention_time_constants`): A_log = -log(tau_h * dt_h), with dt_h = softplus(dt_bias_h)
+        the head's own initial step, so the per-token log decay A_h * dt_h is 1 / tau_h while the
+        decay gate's input projection is near zero (GDN/Jet: g = -exp(A_log) softplus(a_proj x +
+        dt_bias); Mamba2: dt A with dt = softplus(dt + dt_bias)). dt_bias is left alone: in Mamba2
+        it also scales the write."""
+        tau = retention_time_constants(self.mixer.A_log.numel(), window, passes, horizon_chunks)
+        dt = torch.nn.functional.softplus(self.mixer.dt_bias.detach().float())
+        self.mixer.A_log.copy_(-(tau.to(dt.device) * dt).log().to(self.mixer.A_log.dtype))
 
     @torch.no_grad()
     def init_output_projections(self) -> None:
@@ -434,6 +453,35 @@ def default_plan(base_config: Any, *, kind: str | None = None, with_mlp: bool = 
 
 
 # --------------------------------------------------------------------------------------------- building
+
+
+def retention_time_constants(
+    num_heads: int, window: int, passes: int, horizon_chunks: int = RETENTION_HORIZON_CHUNKS
+) -> torch.Tensor:
+    """Per-head decay time constants tau (in token steps) for blocks inserted under sleep.
+
+    Under sleep every later chunk decays the state L tokens x N passes, so a chunk written now
+    has been decayed K * N * L times when K more chunks have gone by. The standard Mamba2/fla
+    init (A ~ U(0, 16), dt in [1e-3, 0.1]: per-token decay rates 0.001-1.6) forgets a chunk
+    within a few dozen tokens, far less than one window of a real model (L = 512-2048), and
+    the gradient through a forgotten write vanishes, so training cannot discover retention.
+    The rule: tau log-spaced over the heads from one chunk's worth of passes, L * N (the
+    fastest head keeps e^-1 of a write after one more chunk), to the horizon
+    L * N * horizon_chunks (the slowest keeps e^-1 after horizon_chunks more chunks); a
+    single head gets the horizon."""
+    for name, value in (
+        ("num_heads", num_heads),
+        ("window", window),
+        ("passes", passes),
+        ("horizon_chunks", horizon_chunks),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    shortest = float(window * passes)
+    longest = shortest * horizon_chunks
+    if num_heads == 1:
+        return torch.tensor([longest])
+    return torch.logspace(math.log10(shortest), math.log10(longest), num_heads)
 
 
 def build_fast_weight_blocks(base_config: Any, plan: FastWeightPlan) -> nn.ModuleDict:
