@@ -89,7 +89,8 @@ def main() -> None:
         *[f"| {k} | {v} |" for k, v in machine_info(1).items()],
         "",
         f"**1. Decay alone, real shapes** (hidden {hidden}, L = {window}, N = {passes}; "
-        f"{len(SEEDS)} seeds of the layers' random init; a head keeps exp(-A dt L N K) of a write after K more chunks)",
+        f"{len(SEEDS)} seeds of the layers' random init; a head keeps exp(-A dt L N K) of a write "
+        "after K more chunks)",
         "",
         "| block | init | heads | best head K=1 | best head K=4 | best head K=8 | heads >= 1% at K=4 |",
         "|---|---|---:|---:|---:|---:|---:|",
