@@ -897,6 +897,18 @@ def markdown_report(records: Sequence[Mapping[str, Any]], title: str = "Evaluati
                 cells = [by_cell.get((d, n), {}).get(key) for n in passes]
                 lines.append(f"| {d} | " + " | ".join(_format(v) for v in cells) + " |")
             lines.append("")
+        if task == "rule110":
+            lines += [
+                "**per-string accuracy** (string 0 = the oldest)",
+                "",
+                f"| {axis} | " + " | ".join(f"N={n}" for n in passes) + " |",
+                "|---:|" + "---:|" * len(passes),
+            ]
+            for d in difficulties:
+                cells = [by_cell.get((d, n), {}).get("per_label_accuracy") for n in passes]
+                text = ["–" if c is None else " / ".join(f"{v:.2f}" for v in c) for c in cells]
+                lines.append(f"| {d} | " + " | ".join(text) + " |")
+            lines.append("")
         if task == "gsm_infinite":
             scores = []
             for n in passes:

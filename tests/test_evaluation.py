@@ -143,10 +143,13 @@ def test_grid_writes_complete_records_table_and_plot(grid, model_dir):
     markdown = result.markdown_path.read_text()
     assert "## rule110" in markdown and "## depo" in markdown
     assert "| t | N=1 | N=2 |" in markdown and "| k | N=1 | N=2 |" in markdown
+    assert "**per-string accuracy** (string 0 = the oldest)" in markdown
     by_cell = {(r["task"], r["difficulty"], r["passes"]): r for r in result.records}
     for task, d in (("rule110", 1), ("rule110", 3), ("depo", 1), ("depo", 2)):
         row = f"| {d} | {by_cell[(task, d, 1)]['accuracy']:.3f} | {by_cell[(task, d, 2)]['accuracy']:.3f} |"
         assert row in markdown
+    strings = [" / ".join(f"{v:.2f}" for v in by_cell[("rule110", 3, n)]["per_label_accuracy"]) for n in (1, 2)]
+    assert f"| 3 | {strings[0]} | {strings[1]} |" in markdown
 
     assert result.plot_path == out / "accuracy.png"
     assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
