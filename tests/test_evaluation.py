@@ -148,7 +148,9 @@ def test_grid_writes_complete_records_table_and_plot(grid, model_dir):
     for task, d in (("rule110", 1), ("rule110", 3), ("depo", 1), ("depo", 2)):
         row = f"| {d} | {by_cell[(task, d, 1)]['accuracy']:.3f} | {by_cell[(task, d, 2)]['accuracy']:.3f} |"
         assert row in markdown
-    strings = [" / ".join(f"{v:.2f}" for v in by_cell[("rule110", 3, n)]["per_label_accuracy"]) for n in (1, 2)]
+    strings = [
+        " / ".join(f"{v:.2f}" for v in by_cell[("rule110", 3, n)]["per_label_accuracy"]) for n in (1, 2)
+    ]
     assert f"| 3 | {strings[0]} | {strings[1]} |" in markdown
 
     assert result.plot_path == out / "accuracy.png"
