@@ -6,8 +6,9 @@ Rule 110 task when t is mixed over a set of values but not shown in the input?
 Given the strings (all a model can see without a t token), the labels of t are f_t(strings).
 With t uniform over the set, the Bayes-optimal guess is, for exact match, a label vector
 produced by the most t values (ties broken uniformly at random: the expected score is
-reported), and per label the majority bit over the t values (ties count as a coin flip). Scored against every t of the set on the test split. A model trained on such a mixture
-cannot beat these numbers at any t; one trained with the t token announced can reach 1.0.
+reported), and per label the majority bit over the t values (ties count as a coin flip).
+Scored against every t of the set on the test split. A model trained on such a mixture cannot
+beat these numbers on average over the t; one trained with the t token announced can reach 1.0.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=1000)
     args = parser.parse_args()
     print(
-        f"W={args.width}, t mixed uniformly over {args.steps}, t not in the input, {args.examples} test examples"
+        f"W={args.width}, t mixed uniformly over {args.steps}, t not in the input, "
+        f"{args.examples} test examples"
     )
     print("| t | best exact match | best per-label accuracy |")
     print("|---:|---:|---|")
