@@ -18,12 +18,12 @@ rule110        t      Rule 110 steps. Test split generated from the fixed seed; 
                       the model's own labels 0..j-1 (free running, one forward per label:
                       feeding gold labels back would leak t); ``score_rule110`` (exact
                       match over the labels, per-label accuracy). The loss is teacher-forced.
-depo           k      hops, Depo's test protocol (n = max_nodes, one k per cell); one forward
-                      pass; each answer token's prediction is the argmax over the vocabulary.
-                      A word counts as right when all its tokens are, which is exactly greedy
-                      decoding of the word (while the word is right the teacher-forced prefix
-                      *is* the greedy prefix); ``score_depo``. Also the mean loss per answer
-                      token (the paper reports Depo as test loss per k).
+depo           k      hops, Depo's test protocol (n = max_nodes, one k per cell); greedy
+                      decoding of every answer token in the training layout, each after the
+                      model's own earlier answer tokens (free running; the query tokens are
+                      given); a word counts as right when all its tokens are; ``score_depo``.
+                      Also the mean teacher-forced loss per answer token (the paper reports
+                      Depo as test loss per k).
 gsm_infinite   op     op count. Generated (test split) or loaded from local Hub files
                       (``data``); the sleep layout without chain of thought, cut after the cue
                       "Answer:"; greedy generation of ``max_new_tokens``; the output is scored
@@ -58,7 +58,7 @@ from typing import Any
 
 import torch
 
-from .modeling import free_running_targets, target_logits
+from .modeling import free_running_targets
 from .sleep.settings import SleepSettings
 from .tasks.collate import SleepCollator
 from .tasks.depo import DepoConfig, DepoTask, score_depo
@@ -646,29 +646,6 @@ def _collated_batches(
         yield batch_rows, {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
 
 
-def _teacher_forced(
-    model: torch.nn.Module,
-    rows: Sequence[dict[str, Any]],
-    ids: Mapping[str, int],
-    pad_id: int,
-    settings: SleepSettings,
-    passes: int,
-    batch_size: int,
-    per_row: Callable[[dict[str, Any], torch.Tensor, torch.Tensor], None],
-    bar: Any,
-) -> None:
-    """Run the synthetic-task rows through the model in batches; `per_row(row, logits,
-    targets)` gets each row's target logits [n, V] and targets [n]."""
-    for batch_rows, batch in _collated_batches(model, rows, ids, pad_id, settings, batch_size):
-        output = model(**batch, passes=passes, window=settings.window, eviction=settings.eviction)
-        for row, (logits, targets) in zip(
-            batch_rows, target_logits(output.logits, batch["labels"]), strict=True
-        ):
-            per_row(row, logits, targets)
-        if bar is not None:
-            bar.update(len(batch_rows))
-
-
 def _evaluate_rule110(
     model: torch.nn.Module, group: _DataGroup, settings: SleepSettings, passes: int, spec: EvalSpec, bar: Any
 ) -> dict[str, Any]:
@@ -723,17 +700,33 @@ def _evaluate_depo(
     predictions: list[list[str | None]] = []
     losses: list[float] = []
 
-    def per_row(row: dict[str, Any], logits: torch.Tensor, targets: torch.Tensor) -> None:
-        queries = len(row["query_targets"])
-        if logits.shape[0] != queries * word_length:
-            raise RuntimeError(f"depo: expected {queries * word_length} answer logits, got {logits.shape[0]}")
-        tokens = [token_of.get(i) for i in logits.argmax(dim=-1).tolist()]
-        words = [tokens[q * word_length : (q + 1) * word_length] for q in range(queries)]
-        # A token outside the vocabulary makes that answer unreadable (wrong).
-        predictions.append([None if None in word else " ".join(word) for word in words])
-        losses.extend(torch.nn.functional.cross_entropy(logits, targets, reduction="none").tolist())
-
-    _teacher_forced(model, rows, ids, pad, settings, passes, spec.batch_size, per_row, bar)
+    # Free running, as for Rule 110: a later query's answer is decoded after the model's own
+    # earlier answers, not the gold ones (those are facts about the same graph).
+    for batch_rows, batch in _collated_batches(model, rows, ids, pad, settings, spec.batch_size):
+        predicted, teacher_forced = free_running_targets(
+            model,
+            batch["input_ids"],
+            batch["labels"],
+            attention_mask=batch["attention_mask"],
+            passes=passes,
+            window=settings.window,
+            eviction=settings.eviction,
+        )
+        for row, tokens_ids, (logits, targets) in zip(
+            batch_rows, predicted.tolist(), teacher_forced, strict=True
+        ):
+            queries = len(row["query_targets"])
+            if len(tokens_ids) != queries * word_length:
+                raise RuntimeError(
+                    f"depo: expected {queries * word_length} answer tokens, got {len(tokens_ids)}"
+                )
+            tokens = [token_of.get(i) for i in tokens_ids]
+            words = [tokens[q * word_length : (q + 1) * word_length] for q in range(queries)]
+            # A token outside the vocabulary makes that answer unreadable (wrong).
+            predictions.append([None if None in word else " ".join(word) for word in words])
+            losses.extend(torch.nn.functional.cross_entropy(logits, targets, reduction="none").tolist())
+        if bar is not None:
+            bar.update(len(batch_rows))
     scores = score_depo(predictions, rows)
     record = {
         "accuracy": scores["accuracy"],
