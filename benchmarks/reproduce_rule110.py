@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-ARMS = ("sleep", "n1-long", "n1-wide")
+ARMS = ("sleep", "n1-long", "n1-wide", "full")
 SUMMARY_FILE = "summary.json"
 
 
@@ -331,17 +331,23 @@ def train_config_dict(
     output_dir: Path,
     train_t: Sequence[int] | None = None,
     gdn_heads: int | None = None,
+    full_attention: bool = False,
 ) -> dict[str, Any]:
-    """The trainer config (`sleep_retrofit.train.config_from_dict`) of one run."""
+    """The trainer config (`sleep_retrofit.train.config_from_dict`) of one run.
+
+    full_attention: the control arm where nothing is evicted: sliding eviction with a window
+    twice the example's length, so the answer attends to the whole context (N = 1)."""
     if train_t is not None:  # the run's own t list decides the layout (announced iff mixed)
         profile = dataclasses.replace(profile, train_t=tuple(train_t))
     examples = steps * profile.batch_size * profile.gradient_accumulation_steps
     if profile.max_train_examples is not None:
         examples = min(examples, profile.max_train_examples)
     train_t = list(dict.fromkeys(profile.train_t))
+    eviction = "sliding" if full_attention else "hard"
+    window = 2 * profile.tokens_per_example if full_attention else profile.window
     stage = {
         "max_steps": steps,
-        "eviction": "hard",
+        "eviction": eviction,
         "finetune": "full",
         "optimizer": profile.optimizer,
         "muon_lr": profile.muon_lr,
@@ -387,8 +393,8 @@ def train_config_dict(
             "gdn_head_dim": profile.gdn_head_dim,
             "initializer_range": profile.initializer_range,
             "passes": passes,
-            "window": profile.window,
-            "eviction": "hard",
+            "window": window,
+            "eviction": eviction,
         },
         "data": data,
         "stage2": stage,
@@ -440,6 +446,8 @@ def plan_jobs(
     if "n1-wide" in arms:
         heads = wide_gdn_heads if wide_gdn_heads is not None else flop_matched_gdn_heads(profile, n_best)
         runs.append(("n1-wide", 1, steps, f"N=1 wide ({heads} GDN heads)", heads))
+    if "full" in arms:
+        runs.append(("full", 1, steps, "full attention (control)", None))
 
     jobs = []
     # Seed-major order: with 2 parallel jobs a wave holds comparable runs.
@@ -456,7 +464,14 @@ def plan_jobs(
                     steps=arm_steps,
                     directory=str(directory),
                     train_config=train_config_dict(
-                        profile, n, seed, arm_steps, directory / "train", train_t, gdn_heads=heads
+                        profile,
+                        n,
+                        seed,
+                        arm_steps,
+                        directory / "train",
+                        train_t,
+                        gdn_heads=heads,
+                        full_attention=arm == "full",
                     ),
                     train_t=train_t,
                     eval_t=eval_t,
@@ -555,7 +570,7 @@ def run_job(job: Job) -> dict[str, Any]:
             batch_size=job.eval_batch_size,
             out=directory / "eval",
             window=config.model.window,
-            eviction="hard",
+            eviction=config.model.eviction,
             task_options={task: options},
             device=job.device,
             progress=False,

@@ -32,14 +32,14 @@ def harness():
 def test_smoke_plumbing_writes_json_and_markdown(harness, tmp_path):
     argv = [
         "--profile", "smoke", "--passes", "1", "2", "--seeds", "1", "--max-steps", "2",
-        "--arm", "sleep", "n1-long", "n1-wide", "--n-best", "2", "--wide-gdn-heads", "8",
+        "--arm", "sleep", "n1-long", "n1-wide", "full", "--n-best", "2", "--wide-gdn-heads", "8",
         "--eval-t", "0", "2", "--eval-examples", "8", "--in-process", "--out", str(tmp_path),
     ]  # fmt: skip
     assert harness.main(argv) == 0
 
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["failed"] == []
-    labels = ["N=1", "N=2", "N=1 long (x2 steps)", "N=1 wide (8 GDN heads)"]
+    labels = ["N=1", "N=2", "N=1 long (x2 steps)", "N=1 wide (8 GDN heads)", "full attention (control)"]
     assert sorted(job["label"] for job in results["jobs"]) == sorted(labels)
     # One record per (run, t), each evaluated at the run's own N on the 8 test examples.
     records = {(r["label"], r["difficulty"]): r for r in results["records"]}
@@ -62,6 +62,10 @@ def test_smoke_plumbing_writes_json_and_markdown(harness, tmp_path):
         (tmp_path / "jobs" / "n1-wide_seed0" / "train" / "model" / "config.json").read_text()
     )
     assert wide_config["fast_weights"]["mixer_kwargs"]["num_heads"] == 8
+    # The control arm evicts nothing: sliding eviction with a window past the whole example.
+    full = json.loads((tmp_path / "jobs" / "full_seed0" / "train" / "model" / "config.json").read_text())
+    assert full["eviction"] == "sliding" and full["window"] >= 3 * 9 + 1 + 3
+    assert records[("full attention (control)", 0)]["setting"]["eviction"] == "sliding"
 
     markdown = (tmp_path / "results.md").read_text()
     assert "**exact match (chance 0.125)**" in markdown
