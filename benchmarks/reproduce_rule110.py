@@ -1,19 +1,26 @@
-"""Reproduce the paper's N-trend on Rule 110 with this toolkit (issue 7, items 1 and 3).
+"""Reproduce the paper's N-trend with this toolkit: Rule 110 (and Depo) trained from scratch.
 
-    python benchmarks/reproduce_rule110.py --profile cpu                  # N = 1 2 3 x 2 seeds
-    python benchmarks/reproduce_rule110.py --profile cpu --passes 1 2 3 4 --seeds 3
-    python benchmarks/reproduce_rule110.py --profile cpu --arm sleep n1-long n1-wide
-    python benchmarks/reproduce_rule110.py --profile smoke                # plumbing, < 2 min
-    python benchmarks/reproduce_rule110.py --profile gpu --jobs 1         # the paper's setting
-    python benchmarks/reproduce_rule110.py --profile cpu --dry-run        # the job plan only
+    python benchmarks/reproduce_rule110.py --profile cpu                 # Rule 110, N = 1..4 x 3 seeds
+    python benchmarks/reproduce_rule110.py --profile cpu --arm full n1-long n1-wide --seeds 1
+    python benchmarks/reproduce_rule110.py --profile depo-cpu            # Depo, N = 1, 2, 4 x 2 seeds
+    python benchmarks/reproduce_rule110.py --profile smoke               # plumbing, < 1 min
+    python benchmarks/reproduce_rule110.py --profile gpu --jobs 1        # the paper's Rule 110 setting
+    python benchmarks/reproduce_rule110.py --profile cpu --dry-run       # the job plan only
 
 Every run trains the toolkit's toy hybrid (`sleep_retrofit.toy.build_toy_hybrid`: attn -> GDN ->
 attn -> GDN, the loop over the whole stack) from scratch with hard eviction, through the
 toolkit's own trainer (`sleep_retrofit.train.train`, one stage: `stages=[stage2]`, everything
-trains, hard eviction; stage 1's fast-weights-only warm-up is for retrofits of pretrained
-models, a from-scratch model has nothing to keep frozen). Then it scores the trained model on
-the held-out test split with the evaluation grid (`sleep_retrofit.evaluation.run_grid`): exact
-match (all labels right) and per-label accuracy, for every t of the evaluation list.
+trains; stage 1's fast-weights-only warm-up is for retrofits of pretrained models). Then it
+scores the trained model on the held-out test split with the evaluation grid
+(`sleep_retrofit.evaluation.run_grid`), one cell per difficulty at the run's own N:
+Rule 110 exact match (all labels right) and per-string accuracy, decoded free running (each
+label after the model's own earlier labels); Depo answer accuracy and test loss per k.
+
+Rule 110 layout: each of the S strings is its own chunk (L = W). When training mixes several t
+the t is announced: every string opens with a `t{t}` token (L = W + 1), so the model knows
+which t is asked while it consolidates (without it the labels are ambiguous:
+`benchmarks/rule110_without_t_ceiling.py`). One t per run (`--train-t 8`) is the paper's layout.
+Depo: the graph's edges span 4 windows of L tokens, the queries a fifth; each query draws k.
 
 Arms (`--arm`, several allowed):
 - `sleep`: one run per N in `--passes` and seed, all at the same token budget.
@@ -22,34 +29,32 @@ Arms (`--arm`, several allowed):
 - `n1-wide`: N = 1 with more GDN heads (same head size, so a wider state) chosen so that the
   per-token matmul FLOPs (2 x non-embedding parameters) are N_best times the N = 1 model's
   (`--wide-gdn-heads` overrides the count).
-
-Training mixes t uniformly over `--train-t` through the trainer's `data.mixture` (one
-`{steps: t}` entry per t: the examples are split evenly over them and shuffled).
+- `full`: the control where the answer is known to be reachable: N = 1, nothing evicted
+  (sliding eviction with a window past the whole example), so the question attends to the
+  whole context.
 
 Independent runs go to parallel subprocesses with one torch thread each (`--jobs`,
-`--threads`): on the 2-core CPU machine two single-thread jobs ran at full speed where one
-2-thread job gave erratic step times (issue 7). Each job lives in `OUT/jobs/<name>/` (the
-trainer's stage directory, its final model, the evaluation grid's results.json and a
-summary.json); a rerun skips finished jobs and the trainer resumes unfinished ones from their
-checkpoints. `OUT/results.json`, `OUT/results.md` (mean, sample standard deviation and range
-over seeds, per arm and t), `OUT/accuracy.png` and `OUT/loss.png` (training loss curves)
-collect them.
+`--threads`): on the 2-core CPU machine two single-thread jobs run at full speed where one
+2-thread job gave erratic step times. Each job lives in `OUT/jobs/<name>/` (the trainer's
+stage directory, its final model, the evaluation grid's results.json and a summary.json); a
+rerun skips finished jobs and the trainer resumes unfinished ones from their checkpoints.
+`OUT/results.json` (its `summary` list: per (arm, N, difficulty) the metrics' mean, std, min,
+max and per-seed values), `OUT/results.md`, `OUT/accuracy.png` and `OUT/loss.png` (every run's
+training loss, a panel per arm) collect them.
 
-Profiles (expected wall time):
-- `cpu`: d=64, W=16 (L=16), t mixed in {0..4}, batch 128, AdamW 2e-3, 100 warm-up steps, cosine
-  to 0, clip 1.0, 1,300 steps (11.5M tokens at T=69). Measured on the 2-core CPU machine (one
-  job alone, benchmarks/bench_train_step.py): ~0.36 s/step at N = 1, ~0.7 at N = 2, ~1.04 at
-  N = 3, so ~8 / 15 / 23 min per job; two parallel jobs each run ~1.3x slower. N = 1, 2, 3 x 2
-  seeds: ~60-70 min with --jobs 2. n1-long (N_best = 3) adds ~25 min per seed; n1-wide
-  (54 heads) costs ~6x N = 1 per step on this CPU (tiny per-head matmuls), ~45 min per seed.
-- `gpu`: the paper: W=24, d=256, L=24, t=32 fixed (`--train-t` to change it; the paper trained
-  one t per run), batch 512 (64 x 8 accumulation), Muon 2e-3 + AdamW 5e-5, 100 warm-up steps,
-  bf16, ~5B tokens (96,700 steps at T=101), evaluated at t = 4, 8, 16, 32. The paper reports
-  under one A6000-day per run; on one H100 expect roughly 8-16 h per N = 1 run and about N
-  times that for N passes (an estimate from the FLOP count and per-chunk launch overheads, not
-  measured). For the paper's ~40M-token N = 1 curve use `--max-steps 775`.
-- `smoke`: d=32, W=8, 3 strings, 20 steps of batch 16, 64 test examples per t; checks the
-  plumbing, finishes in under 2 minutes on the CPU machine. Its numbers mean nothing.
+Profiles:
+- `cpu`: Rule 110, d = 64, GDN one head of 64 (the toolkit's retention init), 4 strings of
+  W = 16 (L = 17 with the t token), t mixed over {0..4}, batch 128, AdamW 2e-3, 50 warm-up
+  steps, cosine to 0, clip 1.0, 600 steps (5.6M tokens), 1,000 test examples per t.
+  Measured times: docs/results.md.
+- `depo-cpu`: Depo, cycles of 3-24 nodes (2-symbol words, 4 queries), L = 24, k in 1..8
+  (tested at 1, 2, 4, 8), N = 1, 2, 4 x 2 seeds, otherwise as `cpu`.
+- `gpu`: the paper: W=24, d=256, L=24, t=32 fixed (the paper trained one t per run), batch 512
+  (64 x 8 accumulation), Muon 2e-3 + AdamW 5e-5, 100 warm-up steps, bf16, ~5B tokens (96,700
+  steps at T=101). The paper reports under one A6000-day per run; on one H100 expect roughly
+  8-16 h per N = 1 run and about N times that for N passes (an estimate, not measured).
+- `smoke` / `depo-smoke`: tiny sizes, a few steps: the plumbing (the test suite runs them).
+  Their numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -173,8 +178,8 @@ PROFILES: dict[str, Profile] = {
         num_heads=4,
         width=16,
         num_strings=4,
-        train_t=(0, 1, 2, 3, 4, 5, 6),
-        eval_t=(0, 1, 2, 3, 4, 5, 6),
+        train_t=(0, 1, 2, 3, 4),
+        eval_t=(0, 1, 2, 3, 4),
         max_steps=600,
         eval_examples=1000,
         eval_batch_size=250,
