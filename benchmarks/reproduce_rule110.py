@@ -413,6 +413,7 @@ def plan_jobs(
     passes: Sequence[int],
     seeds: int,
     arms: Sequence[str],
+    matched_seeds: int | None = None,
     n_best: int | None = None,
     max_steps: int | None = None,
     train_t: Sequence[int] | None = None,
@@ -426,6 +427,9 @@ def plan_jobs(
         raise ValueError(f"passes must be a non-empty list of ints >= 1, got {list(passes)!r}")
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    matched_seeds = seeds if matched_seeds is None else matched_seeds
+    if not 1 <= matched_seeds <= seeds:
+        raise ValueError(f"matched_seeds must be in [1, seeds={seeds}], got {matched_seeds}")
     unknown = [a for a in arms if a not in ARMS]
     if unknown or not arms:
         raise ValueError(f"arm must be some of {list(ARMS)}, got {list(arms)!r}")
@@ -458,6 +462,8 @@ def plan_jobs(
     # Seed-major order: with 2 parallel jobs a wave holds comparable runs.
     for seed in range(seeds):
         for arm, n, arm_steps, label, heads in runs:
+            if arm != "sleep" and seed >= matched_seeds:
+                continue
             name = f"{arm}_N{n}_seed{seed}" if arm == "sleep" else f"{arm}_seed{seed}"
             directory = out_dir / "jobs" / name
             jobs.append(
@@ -904,6 +910,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seeds", type=int, help="seeds 0..K-1 per run (default: the profile's)")
     parser.add_argument("--arm", nargs="+", choices=ARMS, default=["sleep"], help="which arms to run")
+    parser.add_argument(
+        "--matched-seeds", type=int, help="seeds of the n1-long / n1-wide / full arms (default: --seeds)"
+    )
     parser.add_argument("--n-best", type=int, help="N the matched arms match (default: max --passes)")
     parser.add_argument("--wide-gdn-heads", type=int, help="n1-wide GDN heads (default: FLOP-matched)")
     parser.add_argument("--max-steps", type=int, help="optimiser steps per run (default: the profile's)")
@@ -935,6 +944,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             passes=args.passes or profile.passes,
             seeds=args.seeds or profile.seeds,
             arms=args.arm,
+            matched_seeds=args.matched_seeds,
             n_best=args.n_best,
             max_steps=args.max_steps,
             train_t=args.train_t,

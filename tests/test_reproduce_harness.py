@@ -154,6 +154,11 @@ def test_plan_matches_budgets_and_rejects_bad_input(harness, tmp_path):
     assert sleep_tokens == {steps * 128 * (4 * 17 + 1 + 4)}
     assert {job.steps for job in jobs if job.arm == "n1-long"} == {3 * steps}
     assert all(job.threads == 1 for job in jobs)
+    fewer = harness.plan_jobs(cpu, tmp_path, passes=[1, 2], seeds=3, arms=["sleep", "full"], matched_seeds=1)
+    assert [job.name for job in fewer if job.arm == "full"] == ["full_seed0"]
+    assert len([job for job in fewer if job.arm == "sleep"]) == 6
+    with pytest.raises(ValueError, match="matched_seeds"):
+        harness.plan_jobs(cpu, tmp_path, passes=[1], seeds=2, arms=["sleep"], matched_seeds=3)
     with pytest.raises(ValueError, match="passes"):
         harness.plan_jobs(cpu, tmp_path, passes=[0], seeds=1, arms=["sleep"])
     with pytest.raises(ValueError, match="arm"):
