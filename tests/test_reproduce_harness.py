@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -170,3 +171,26 @@ def test_plan_matches_budgets_and_rejects_bad_input(harness, tmp_path):
     base = harness._matmul_parameters(harness.build_wide_toy(smoke, vocab, smoke.num_heads))
     wide = harness._matmul_parameters(harness.build_wide_toy(smoke, vocab, heads))
     assert wide / base == pytest.approx(3.0, rel=0.05)
+
+
+def test_recall_sweep_overrides_the_gates_and_scores_per_t(tmp_path):
+    sweep = _load("rule110_recall_sweep", HARNESS.parent / "rule110_recall_sweep.py")
+    cfg = {
+        **sweep.DEFAULTS,
+        **{"d": 32, "steps": 2, "batch": 4, "eval_n": 8, "t": [0, 2], "announce": True, "W": 8, "S": 3},
+    }
+    result = sweep.run({**cfg, "A": [0.5, 1.0], "dt": [1e-3, 1e-2], "beta_bias": -3.0})
+    assert set(result["per_t"]) == {0, 2}
+    for exact, per_string in result["per_t"].values():
+        assert 0.0 <= exact <= 1.0 and len(per_string) == 3
+    # The overrides reach the model: the initial decay rates A*dt lie inside the given ranges.
+    from sleep_retrofit.tasks import task_tokenizer
+    from sleep_retrofit.toy import build_toy_hybrid
+
+    model = build_toy_hybrid(len(task_tokenizer("rule110", width=8, num_strings=3, announce_steps=True)),
+                             hidden_size=32, window=9)  # fmt: skip
+    sweep.override_gates(model, {**cfg, "A": [0.5, 1.0], "dt": [1e-3, 1e-2], "beta_bias": -3.0})
+    for block in model.fast_weights.values():
+        rate = block.mixer.A_log.exp() * torch.nn.functional.softplus(block.mixer.dt_bias)
+        assert bool(((rate > 0.5e-3 - 1e-9) & (rate < 1e-2 + 1e-9)).all())
+        assert torch.allclose(block.mixer.b_proj.bias, torch.tensor(-3.0))
