@@ -813,14 +813,18 @@ def run_harness(
     *,
     parallel: int,
     in_process: bool = False,
+    report_only: bool = False,
 ) -> dict[str, Any]:
     """Run the jobs not finished yet (parallel subprocesses, or sequentially in this process),
-    then write OUT/results.json, OUT/results.md and OUT/accuracy.png. Returns the results."""
+    then write OUT/results.json, OUT/results.md and OUT/accuracy.png. Returns the results.
+    report_only: run nothing, report the finished jobs (the others are listed as not run)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     pending = [job for job in jobs if _read_summary(Path(job.directory)) is None]
     _note(f"{len(jobs)} jobs, {len(jobs) - len(pending)} already done, {len(pending)} to run")
-    if in_process:
+    if report_only:
+        pass
+    elif in_process:
         for job in pending:
             run_job(job)
     elif pending:
@@ -830,7 +834,8 @@ def run_harness(
     wall_seconds = time.perf_counter() - began
 
     summaries = [s for s in (_read_summary(Path(job.directory)) for job in jobs) if s is not None]
-    failed = [job.name for job in jobs if _read_summary(Path(job.directory)) is None]
+    unfinished = [job.name for job in jobs if _read_summary(Path(job.directory)) is None]
+    failed, not_run = ([], unfinished) if report_only else (unfinished, [])
     rows = aggregate(summaries)
     results = {
         "profile": dataclasses.asdict(profile),
@@ -848,6 +853,7 @@ def run_harness(
             for s in summaries
         ],
         "failed": failed,
+        "not_run": not_run,
         "summary": rows,
         "records": [
             {"label": s["job"]["label"], "arm": s["job"]["arm"], "seed": s["job"]["seed"], **r}
@@ -873,12 +879,19 @@ def run_harness(
         f"toy hybrid d={profile.hidden_size}, {profile.num_layers} layers, "
         f"GDN {profile.gdn_heads or profile.num_heads} head(s) of {gdn_head_dim(profile)}; {layout}; "
         f"{jobs[0].eval_examples} test examples per "
-        f"{DIFFICULTY[profile.task]}. Wall time {wall_seconds / 60:.1f} min "
-        f"({len(pending)} jobs run now, {parallel if not in_process else 1} at a time).",
+        f"{DIFFICULTY[profile.task]}. "
+        + (
+            "Report of finished jobs (nothing run now)."
+            if report_only
+            else f"Wall time {wall_seconds / 60:.1f} min ({len(pending)} jobs run now, "
+            f"{parallel if not in_process else 1} at a time)."
+        ),
         "",
     ]
     if failed:
         header += [f"**failed jobs**: {', '.join(failed)}", ""]
+    if not_run:
+        header += [f"**not run** (reported without them): {', '.join(not_run)}", ""]
     (out_dir / "results.md").write_text(markdown_table(rows, header))
     plot(rows, out_dir / "accuracy.png")
     plot_losses(summaries, out_dir / "loss.png")
@@ -925,6 +938,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="output directory (default runs/reproduce_rule110_<profile>)"
     )
     parser.add_argument("--in-process", action="store_true", help="run jobs one by one in this process")
+    parser.add_argument(
+        "--report-only", action="store_true", help="run nothing: report the jobs already finished"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the job plan and exit")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     return parser
@@ -964,7 +980,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         waves = math.ceil(len(jobs) / parallel)
         print(f"{len(jobs)} jobs, {parallel} at a time ({waves} waves); expected: {profile.expected}")
         return 0
-    results = run_harness(profile, jobs, out_dir, parallel=parallel, in_process=args.in_process)
+    results = run_harness(
+        profile, jobs, out_dir, parallel=parallel, in_process=args.in_process, report_only=args.report_only
+    )
     seconds = results["wall_seconds"]
     print(f"wrote {out_dir}/results.json, results.md, accuracy.png, loss.png in {seconds:.0f} s")
     return 1 if results["failed"] else 0

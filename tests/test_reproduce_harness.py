@@ -94,6 +94,14 @@ def test_smoke_plumbing_writes_json_and_markdown(harness, tmp_path):
     assert report["parameter_gradient_norm"] > 0
     assert "| N=2 | 0 | 2 (trained) |" in (tmp_path / "diagnostics.md").read_text()
 
+    # A report of a partly run plan names what is missing and runs nothing.
+    report = tmp_path / "report"
+    report_argv = [*argv[:-1], str(report), "--report-only"]
+    assert harness.main(report_argv) == 0
+    partial = json.loads((report / "results.json").read_text())
+    assert partial["summary"] == [] and len(partial["not_run"]) == len(labels) and partial["failed"] == []
+    assert "**not run**" in (report / "results.md").read_text()
+
     # A rerun finds every job done and trains nothing.
     before = (tmp_path / "jobs" / "sleep_N1_seed0" / "summary.json").stat().st_mtime_ns
     assert harness.main(argv) == 0
