@@ -340,8 +340,9 @@ def train_config_dict(
 ) -> dict[str, Any]:
     """The trainer config (`sleep_retrofit.train.config_from_dict`) of one run.
 
-    full_attention: the control arm where nothing is evicted: sliding eviction with a window
-    twice the example's length, so the answer attends to the whole context (N = 1)."""
+    full_attention: the control arm where nothing is evicted: sliding eviction with a window of
+    the example's length (the context is one chunk, padded to it; the answer's keys reach back
+    over all of it), N = 1."""
     if train_t is not None:  # the run's own t list decides the layout (announced iff mixed)
         profile = dataclasses.replace(profile, train_t=tuple(train_t))
     examples = steps * profile.batch_size * profile.gradient_accumulation_steps
@@ -349,7 +350,7 @@ def train_config_dict(
         examples = min(examples, profile.max_train_examples)
     train_t = list(dict.fromkeys(profile.train_t))
     eviction = "sliding" if full_attention else "hard"
-    window = 2 * profile.tokens_per_example if full_attention else profile.window
+    window = profile.tokens_per_example if full_attention else profile.window
     stage = {
         "max_steps": steps,
         "eviction": eviction,
