@@ -35,6 +35,7 @@ bench: setup
 	$(PY) benchmarks/bench_sleep.py
 	$(PY) benchmarks/bench_checkpointing.py
 	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_retention.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
