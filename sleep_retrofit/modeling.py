@@ -270,8 +270,14 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         eviction: str | None = None,
         position_ids: torch.LongTensor | None = None,
         past_key_values: SleepCache | None = None,
-        **kwargs,
-    ) -> CausalLMOutputWithPast:
+        num_items_in_batch: int | torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        cache_position: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+        target_start: Any = None,
+    ) -> CausalLMOutputWithPast | tuple:
         """Consume the tokens after what `cache` holds; return logits (and the loss).
 
         Args:
@@ -281,9 +287,29 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
                 (:func:`target_logits` splits them per row).
             logits_to_keep: without labels, 0 = logits at every position, k > 0 = the last k.
             passes / window / eviction: override the config for this call.
-            position_ids: ignored; positions count consumed tokens (RoPE sees relative
-                positions only, so left padding needs no shift).
+            position_ids, cache_position: ignored; positions count consumed tokens (RoPE sees
+                relative positions only, so left padding needs no shift).
+            num_items_in_batch: the loss is the target tokens' summed cross-entropy divided by
+                it (the HF Trainer's gradient-accumulation normalisation) instead of their mean.
+            return_dict: False returns ``output.to_tuple()``.
+            loss_mask / target_start: the task rows' SleepCollator fields, accepted and ignored
+                (``labels`` carries the targets) so that the HF Trainer's default
+                ``remove_unused_columns=True`` keeps them for the collator.
+            output_attentions / output_hidden_states: not supported (the layers run chunk by
+                chunk and pass by pass; there is no single attention map or hidden state per
+                layer); True raises ValueError.
+        An unknown keyword (a typo such as ``pases=4``) raises TypeError instead of running with
+        the defaults.
         """
+        for name, value in (
+            ("output_attentions", output_attentions),
+            ("output_hidden_states", output_hidden_states),
+        ):
+            if value:
+                raise ValueError(
+                    f"{name}=True is not supported by sleep-retrofit models: the layers run chunk by "
+                    "chunk and pass by pass, so there is no single per-layer tensor to return"
+                )
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         cache = cache if cache is not None else past_key_values
@@ -297,6 +323,13 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         wanted = torch.zeros(length, dtype=torch.bool, device=inputs.device)
         if labels is not None:
             targets = labels[:, 1:] != -100
+            if not bool(targets.any()):
+                raise ValueError(
+                    "labels has no target (every label after the first position is -100), so there is "
+                    "nothing to train on. With the HF Trainer and SleepCollator, keep the dataset's "
+                    "loss_mask / target_start columns (they reach the collator only if the Trainer does "
+                    "not drop them) and check the rows' loss_mask"
+                )
             wanted[:-1] = targets.any(dim=0)
         elif isinstance(logits_to_keep, int):
             wanted[-logits_to_keep if logits_to_keep > 0 else 0 :] = True
@@ -312,11 +345,17 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         if labels is not None:
             next_labels = labels[:, 1:][:, wanted[:-1]]
             loss = nn.functional.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), next_labels.reshape(-1), ignore_index=-100
+                logits.float().reshape(-1, logits.shape[-1]),
+                next_labels.reshape(-1),
+                ignore_index=-100,
+                reduction="mean" if num_items_in_batch is None else "sum",
             )
-        return CausalLMOutputWithPast(
+            if num_items_in_batch is not None:
+                loss = loss / num_items_in_batch
+        output = CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=cache if (use_cache or use_cache is None) else None
         )
+        return output if return_dict is None or return_dict else output.to_tuple()
 
     # ----------------------------------------------------------------- generation
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs) -> None:
@@ -326,6 +365,11 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
             if not isinstance(user_cache, SleepCache):
                 raise ValueError(f"cache must be a SleepCache, got {type(user_cache).__name__}")
             return None
+        if getattr(generation_config, "cache_implementation", None) not in (None, "dynamic"):
+            raise ValueError(
+                f"cache_implementation={generation_config.cache_implementation!r} is not supported: a "
+                "sleep-retrofit model generates with its own SleepCache (leave cache_implementation unset)"
+            )
         if generation_config.use_cache is False:
             raise ValueError(
                 "a sleep-retrofit model generates with its SleepCache; do not set use_cache=False"

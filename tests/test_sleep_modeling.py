@@ -248,6 +248,35 @@ def test_foreign_cache_is_a_value_error(models):
         models["llama"](random_ids(1, 5), cache=DynamicCache())
 
 
+def test_unknown_keyword_is_a_type_error_not_silently_the_defaults(models):
+    with pytest.raises(TypeError, match="pases"):
+        models["llama"](random_ids(1, 5), pases=4)
+    with pytest.raises(ValueError, match="pases"):  # generate validates against forward's signature
+        models["llama"].generate(random_ids(1, 5), max_new_tokens=2, pases=4)
+
+
+@pytest.mark.parametrize("name", ["output_attentions", "output_hidden_states"])
+def test_per_layer_outputs_are_refused_by_name(models, name):
+    with pytest.raises(ValueError, match=name):
+        models["llama"](random_ids(1, 5), **{name: True})
+    models["llama"](random_ids(1, 5), **{name: False})  # the value generate passes by default
+
+
+def test_static_cache_implementation_is_refused(models):
+    with pytest.raises(ValueError, match="cache_implementation='static'"):
+        models["llama"].generate(random_ids(1, 5), max_new_tokens=2, cache_implementation="static")
+
+
+def test_return_dict_false_returns_the_tuple(models):
+    ids = random_ids(1, 2 * L + 3, seed=6)
+    with torch.no_grad():
+        as_dict = models["llama"](ids, labels=ids)
+        as_tuple = models["llama"](ids, labels=ids, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    torch.testing.assert_close(as_tuple[1], as_dict.logits)
+
+
 # ------------------------------------------------------------ the labels path
 
 
@@ -268,6 +297,17 @@ def test_labels_loss_equals_manual_cross_entropy_over_targets(models, family):
     torch.testing.assert_close(out.logits, full[:, :-1][:, wanted], atol=ATOL, rtol=ATOL)
     manual = nn.functional.cross_entropy(full[:, :-1][targets], labels[:, 1:][targets])
     torch.testing.assert_close(out.loss, manual, atol=ATOL, rtol=ATOL)
+
+
+def test_num_items_in_batch_sums_the_loss_and_divides_by_it(models):
+    ids = random_ids(2, 2 * L + 5, seed=5)
+    labels = ids.clone()
+    labels[:, : 2 * L] = -100
+    with torch.no_grad():
+        mean = models["llama"](ids, labels=labels).loss
+        scaled = models["llama"](ids, labels=labels, num_items_in_batch=40).loss
+    targets = int((labels[:, 1:] != -100).sum())
+    torch.testing.assert_close(scaled, mean * targets / 40, atol=ATOL, rtol=ATOL)
 
 
 def test_labels_loss_is_differentiable(models):

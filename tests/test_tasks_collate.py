@@ -167,3 +167,45 @@ def test_bad_settings():
         SleepCollator(4, PAD, target_length=2)([{"input_ids": [1, 2, 3], "target_start": 0}])
     with pytest.raises(ValueError, match="per-token field 'tag'"):
         SleepCollator(4, PAD, per_token_fields=("tag",))([{"input_ids": [1, 2], "tag": [0]}])
+
+
+def test_hf_trainer_with_its_defaults_trains_on_the_targets(tmp_path):
+    """transformers.Trainer drops dataset columns that forward() does not name
+    (remove_unused_columns=True): the model names loss_mask / target_start, so the collator
+    still sees them and the batches carry targets (before, every label became -100 and the
+    Trainer logged loss 0.0)."""
+    from transformers import Trainer, TrainingArguments
+
+    from sleep_retrofit.toy import build_toy_hybrid
+
+    tokenizer = task_tokenizer("rule110", width=8, num_strings=2)
+    data = build_dataset("rule110", "train", 8, width=8, num_strings=2, steps=0)
+    torch.manual_seed(0)
+    model = build_toy_hybrid(len(tokenizer), hidden_size=16, num_layers=2, num_heads=2, window=8)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        learning_rate=1e-2,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=data, data_collator=SleepCollator(8, tokenizer=tokenizer)
+    )
+    trainer.train()
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    assert losses and all(loss > 0.1 for loss in losses)
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_a_batch_without_targets_fails_loudly_in_the_model():
+    from sleep_retrofit.toy import build_toy_hybrid
+
+    model = build_toy_hybrid(20, hidden_size=16, num_layers=2, num_heads=2, window=4)
+    batch = SleepCollator(4, PAD)([{"input_ids": [5, 6, 7, 8, 9]}])  # a row with no target
+    with pytest.raises(ValueError, match="labels has no target.*remove_unused_columns|loss_mask"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
