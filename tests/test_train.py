@@ -240,6 +240,11 @@ def test_two_process_ddp_run_completes(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     start = json.loads((tmp_path / "ddp" / "stage1" / "log.jsonl").read_text().splitlines()[0])
     assert start["processes"] == 2
+    # Rerunning a finished run (the resume rule) republishes the model once: only the main
+    # process copies (before, every CPU rank thought it was main and they raced on rmtree).
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert not list((tmp_path / "ddp").glob(".model.publishing"))
     assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
     assert (
         json.loads((tmp_path / "ddp" / "model" / "config.json").read_text())["model_type"] == "sleep_retrofit"

@@ -159,6 +159,12 @@ def _tensorboard_available() -> bool:
     return True
 
 
+def _on_cpu(config: TrainConfig) -> bool:
+    """Without CUDA, cpu=True is what makes a torchrun-launched group use gloo (MULTI_CPU);
+    otherwise every process would think it is alone (and the main one)."""
+    return config.cpu or not torch.cuda.is_available()
+
+
 def _accelerator(config: TrainConfig, stage_dir: Path):
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import ProjectConfiguration
@@ -172,9 +178,7 @@ def _accelerator(config: TrainConfig, stage_dir: Path):
     return Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
-        # Without CUDA, cpu=True is what makes a torchrun-launched group use gloo (MULTI_CPU);
-        # otherwise every process would train alone.
-        cpu=config.cpu or not torch.cuda.is_available(),
+        cpu=_on_cpu(config),
         log_with="tensorboard" if _tensorboard_available() else None,
         project_config=project,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)],
@@ -416,7 +420,7 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> list[StageRe
         if result.steps < _total_steps_hint(result):
             return results
     final_source = output_dir / config.stages[-1] / MODEL_DIR
-    _publish_final(final_source, output_dir / MODEL_DIR)
+    _publish_final(final_source, output_dir / MODEL_DIR, cpu=_on_cpu(config))
     return results
 
 
@@ -425,15 +429,20 @@ def _total_steps_hint(result: StageResult) -> int:
     return 0 if (result.directory / DONE_FILE).is_file() else result.steps + 1
 
 
-def _publish_final(source: Path, target: Path) -> None:
-    """Copy the last stage's model to ``{output_dir}/model`` (main process only)."""
+def _publish_final(source: Path, target: Path, *, cpu: bool) -> None:
+    """Copy the last stage's model to ``{output_dir}/model``: the main process only (with the
+    same cpu flag as the Accelerator, or on a CPU group every rank would be "main" and race),
+    into a temporary directory renamed into place, so a reader never sees half a model."""
     import shutil
 
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=cpu)
     if state.is_main_process and source.is_dir():
+        staging = target.with_name(f".{target.name}.publishing")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(source, target)
+        staging.rename(target)
     state.wait_for_everyone()
