@@ -220,6 +220,24 @@ def test_bad_inputs_fail_before_any_step(tmp_path):
         train(tiny(tmp_path, "src", model__source="./no/such/model"))
 
 
+def test_a_hub_model_that_cannot_be_fetched_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    from sleep_retrofit.train.cli import main
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network, without the retries
+    path = tmp_path / "hub.yaml"
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config.update(output_dir=str(tmp_path / "hub"), model={"source": "no-such-owner/no-such-model"})
+    path.write_text(yaml.safe_dump(config))
+    assert main("rule110", ["--config", str(path)]) == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1
+    assert "'no-such-owner/no-such-model' could not be loaded from the Hugging Face Hub" in message
+    assert "model.source=DIR" in message
+    assert not (tmp_path / "hub" / "model").exists()
+
+
 def test_two_process_ddp_run_completes(tmp_path):
     # accelerate 1.15's `launch --cpu` starts a single process whatever --num_processes says; the
     # torchrun launcher (--multi_gpu) on a machine without CUDA runs a gloo DDP group on the CPU.

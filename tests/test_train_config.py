@@ -71,6 +71,7 @@ def test_unknown_override_key_is_an_error():
         ({"stage1": {"finetune": "full"}}, "stage1.finetune must be 'fast_weights'"),
         ({"stage1": {"eviction": "sliding"}}, "stage1.eviction must be 'hard'"),
         ({"mixed_precision": "fp16"}, "mixed_precision must be one of"),
+        ({"mixed_precision": True}, "unquoted yes/no/on/off/true/false as a boolean: quote"),
         ({"stage1": {"min_lr_ratio": 2}}, "min_lr_ratio"),
         ({"model": {"num_layers": 3}}, "even"),
         ({"data": {"mixture": [{"steps": 0}, {"steps": 2}]}}, "without telling the model which t"),
@@ -92,6 +93,13 @@ def test_an_announced_t_mixture_is_accepted():
     assert config.data.options["announce_steps"] is True
     # One t per run needs no announcement.
     config_from_dict({"data": {"mixture": [{"steps": 2, "width": 8}, {"steps": 2, "width": 16}]}})
+
+
+def test_unquoted_mixed_precision_no_is_accepted(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("mixed_precision: no\n")  # YAML 1.1: the boolean false
+    assert load_config(path).mixed_precision == "no"
+    assert load_config(None, ["mixed_precision=no"]).mixed_precision == "no"
 
 
 def test_missing_config_file():

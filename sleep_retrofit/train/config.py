@@ -299,7 +299,12 @@ def _positive_int(name: str, value: Any) -> None:
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
+        hint = (
+            " (YAML reads an unquoted yes/no/on/off/true/false as a boolean: quote the string)"
+            if isinstance(value, bool)
+            else ""
+        )
+        raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}{hint}")
 
 
 def validate(config: TrainConfig) -> None:
@@ -324,6 +329,8 @@ def validate(config: TrainConfig) -> None:
         _positive_int("save_total_limit", config.save_total_limit)
     if config.eval_every is not None:
         _positive_int("eval_every", config.eval_every)
+    if config.mixed_precision is False:  # YAML 1.1 reads `mixed_precision: no` as false
+        config.mixed_precision = "no"
     _choice("mixed_precision", config.mixed_precision, MIXED_PRECISION)
     if config.max_grad_norm is not None and (
         not _is_number(config.max_grad_norm) or config.max_grad_norm <= 0

@@ -41,6 +41,20 @@ def _toy_vocab_size(config: TrainConfig) -> int:
     return len(training_tokenizer(config, None))
 
 
+def _unloadable_source(source: str, local: bool, error: Exception) -> str:
+    """One line for a model.source that does not load: what failed, and for a Hub id how to
+    point the config at a local copy (the usual cause is no network)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(error).__name__
+    if local:
+        return f"model.source {source!r} could not be loaded: {reason}"
+    return (
+        f"model.source {source!r} could not be loaded from the Hugging Face Hub ({reason}). Without "
+        f"network, download it where you have one (`hf download {source} --local-dir DIR`), copy DIR "
+        f"here and set model.source=DIR (a key=value override on the command line works)"
+    )
+
+
 def build_model(config: TrainConfig, init_from: Path | None = None) -> tuple[SleepRetrofitForCausalLM, Any]:
     """The model to train and its own tokenizer (None when it has none).
 
@@ -100,9 +114,12 @@ def build_model(config: TrainConfig, init_from: Path | None = None) -> tuple[Sle
             f"model.source {source!r} is not 'toy', a preset, an existing directory or a Hub id (owner/name)"
         )
     # A base model (directory or Hub id): convert on the fly.
-    base = AutoModelForCausalLM.from_pretrained(
-        source, dtype=dtype, trust_remote_code=model_config.trust_remote_code
-    )
+    try:
+        base = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, trust_remote_code=model_config.trust_remote_code
+        )
+    except (OSError, ValueError) as error:
+        raise ConfigError(_unloadable_source(source, path.exists(), error)) from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_config.trust_remote_code)
     except (OSError, ValueError):
