@@ -221,9 +221,9 @@ def test_bad_inputs_fail_before_any_step(tmp_path):
 
 
 def test_a_hub_model_that_cannot_be_fetched_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
-    from sleep_retrofit.train.cli import main
-
     import huggingface_hub.constants
+
+    from sleep_retrofit.train.cli import main
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network, without the retries
     path = tmp_path / "hub.yaml"
