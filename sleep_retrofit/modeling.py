@@ -11,7 +11,7 @@ after ``import sleep_retrofit`` no remote code is needed at all.
 from __future__ import annotations
 
 import os
-from collections.abc import ItemsView, Iterator, KeysView, ValuesView
+from collections.abc import ItemsView, Iterator, KeysView, Sequence, ValuesView
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from .retrofit import (
 from .sleep import SleepCache, SleepEngine, SleepSettings, build_stack
 
 SHIM_MODULE = "modeling_sleep_retrofit"
+# The attention and MLP projections of the Llama / Qwen / Mistral / Ouro / Jet-Nemotron layers.
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _SHIM_SOURCE = '''"""Loads a sleep-retrofit checkpoint through trust_remote_code: the classes live in the
 installed `sleep-retrofit` package (pip install sleep-retrofit)."""
 
@@ -206,6 +208,31 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         # keep their constructors' init with the output projections zeroed (identity).
         if isinstance(module, FastWeightBlock):
             module.init_output_projections()
+
+    def fast_weight_prefixes(self) -> list[str]:
+        """Module-name prefixes (with the trailing dot) of the fast-weight modules: the inserted
+        blocks and, for a Jet-Nemotron base, its jet layers' ``self_attn`` (its own JetBlocks)."""
+        layer_types = getattr(self.config.base_config, "layer_types", None) or []
+        jet = [f"base.model.layers.{i}.self_attn." for i, kind in enumerate(layer_types) if kind == "jet"]
+        return ["fast_weights.", *jet]
+
+    def lora_target_modules(self, names: Sequence[str] = DEFAULT_LORA_TARGETS) -> list[str]:
+        """Full names of the base model's ``nn.Linear`` layers whose last name part is in
+        `names`, outside the fast-weight modules: what to give PEFT's
+        ``LoraConfig(target_modules=...)``.
+
+        PEFT matches a list of short names against every module, so ``target_modules=["q_proj",
+        "v_proj"]`` would also put adapters on the fast-weight mixers' ``q_proj`` / ``v_proj``
+        (GatedDeltaNet, JetBlock); train the blocks fully through
+        ``modules_to_save=["fast_weights"]`` instead."""
+        excluded = tuple(self.fast_weight_prefixes())
+        return [
+            name
+            for name, module in self.named_modules()
+            if isinstance(module, nn.Linear)
+            and name.split(".")[-1] in names
+            and not (name + ".").startswith(excluded)
+        ]
 
     def get_input_embeddings(self) -> nn.Module:
         return self.base.get_input_embeddings()

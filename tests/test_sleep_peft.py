@@ -119,3 +119,21 @@ def test_modules_to_save_head_is_used_and_round_trips(tmp_path):
     reloaded = PeftModel.from_pretrained(fresh_converted("llama"), tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=ids).logits, adapted)
+
+
+def test_lora_target_modules_keep_adapters_off_the_fast_weight_mixers():
+    """PEFT matches short names everywhere: target_modules=["q_proj", "v_proj"] also adapts the
+    inserted GatedDeltaNet's q_proj / v_proj. lora_target_modules() names only the base's."""
+    model = fresh_converted("llama")
+    naive = get_peft_model(fresh_converted("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert any("fast_weights" in n and "lora_A" in n for n, _ in naive.named_parameters())
+
+    targets = model.lora_target_modules(["q_proj", "v_proj"])
+    base_layers = model.config.base_config.num_hidden_layers
+    assert len(targets) == 2 * base_layers
+    assert all(name.startswith("base.") for name in targets)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, target_modules=targets, modules_to_save=["fast_weights"])
+    )
+    adapted = [n for n, _ in peft_model.named_parameters() if "lora_A" in n]
+    assert len(adapted) == 2 * base_layers and not any("fast_weights" in n for n in adapted)

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from ..modeling import DEFAULT_LORA_TARGETS
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -93,9 +95,7 @@ class LoraConfig:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
 
 
 @dataclass

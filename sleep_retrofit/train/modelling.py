@@ -139,30 +139,10 @@ def check_vocabulary(tokenizer: Any, model: nn.Module) -> None:
         )
 
 
-def _jet_layer_prefixes(model: nn.Module) -> list[str]:
-    """Jet-Nemotron bases: their own JetBlocks (the jet layers' self_attn) are the fast weights."""
-    base = getattr(model, "base", None)
-    layer_types = getattr(getattr(base, "config", None), "layer_types", None) or []
-    return [f"base.model.layers.{i}.self_attn." for i, kind in enumerate(layer_types) if kind == "jet"]
-
-
-def fast_weight_parameter_names(model: nn.Module) -> list[str]:
-    """Names of the fast-weight parameters: the inserted blocks (``fast_weights.*``) and, for a
-    Jet-Nemotron base, its jet layers' ``self_attn``."""
-    prefixes = ["fast_weights.", *_jet_layer_prefixes(model)]
-    return [name for name, _ in model.named_parameters() if name.startswith(tuple(prefixes))]
-
-
-def _lora_targets(model: nn.Module, lora: LoraConfig) -> list[str]:
-    """Full names of the base's Linear layers named in `lora.target_modules`, outside the
-    fast-weight modules (those train fully)."""
-    excluded = ("fast_weights.", *_jet_layer_prefixes(model))
-    targets = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name.split(".")[-1] in lora.target_modules:
-            if not (name + ".").startswith(excluded):
-                targets.append(name)
-    return targets
+def fast_weight_parameter_names(model: SleepRetrofitForCausalLM) -> list[str]:
+    """Names of the fast-weight parameters (:meth:`SleepRetrofitForCausalLM.fast_weight_prefixes`)."""
+    prefixes = tuple(model.fast_weight_prefixes())
+    return [name for name, _ in model.named_parameters() if name.startswith(prefixes)]
 
 
 def prepare_trainable(model: SleepRetrofitForCausalLM, finetune: str, lora: LoraConfig) -> nn.Module:
@@ -182,12 +162,12 @@ def prepare_trainable(model: SleepRetrofitForCausalLM, finetune: str, lora: Lora
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    targets = _lora_targets(model, lora)
+    targets = model.lora_target_modules(lora.target_modules)
     if not targets:
         raise ConfigError(
             f"lora.target_modules {lora.target_modules} match no Linear layer of the base model"
         )
-    modules_to_save = ["fast_weights"] + [p.rstrip(".") for p in _jet_layer_prefixes(model)]
+    modules_to_save = [p.rstrip(".") for p in model.fast_weight_prefixes()]
     peft_config = PeftLoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
