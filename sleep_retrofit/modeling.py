@@ -10,6 +10,7 @@ after ``import sleep_retrofit`` no remote code is needed at all.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import ItemsView, Iterator, KeysView, Sequence, ValuesView
 from pathlib import Path
@@ -32,6 +33,15 @@ from .retrofit import (
 from .sleep import SleepCache, SleepEngine, SleepSettings, build_stack
 
 SHIM_MODULE = "modeling_sleep_retrofit"
+# Base-config fields mirrored at the top level of a converted config.
+BASE_FIELDS = (
+    "max_position_embeddings",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+)
 # The attention and MLP projections of the Llama / Qwen / Mistral / Ouro / Jet-Nemotron layers.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _SHIM_SOURCE = '''"""Loads a sleep-retrofit checkpoint through trust_remote_code: the classes live in the
@@ -84,6 +94,11 @@ class SleepRetrofitConfig(PreTrainedConfig):
         if base_config is not None:
             for name in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"):
                 kwargs.setdefault(name, getattr(base_config, name, None))
+            # Mirrored at the top level for tools that read them there (lm-eval's max_length is
+            # config.max_position_embeddings); base_config stays the source of truth.
+            for name in BASE_FIELDS:
+                if getattr(base_config, name, None) is not None:
+                    kwargs.setdefault(name, getattr(base_config, name))
             kwargs.setdefault("tie_word_embeddings", getattr(base_config, "tie_word_embeddings", False))
         # PreTrainedConfig.__init__ sets attn_implementation (None unless given) on every sub-config.
         # from_base shares the loaded base model's config: left at None, that model's own forward
@@ -198,6 +213,11 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
             loop_span=list(settings.loop_span) if settings.loop_span is not None else None,
         )
         model = cls(config, base_model=base_model)
+        # The base's generation defaults (eos_token_id lists, sampling settings, repetition penalty):
+        # an Instruct model must still stop at its chat end token after conversion.
+        base_generation = getattr(base_model, "generation_config", None)
+        if base_generation is not None:
+            model.generation_config = copy.deepcopy(base_generation)
         if retention_chunks is not None:
             for block in model.fast_weights.values():
                 block.init_retention(settings.window, settings.passes, retention_chunks)

@@ -148,6 +148,32 @@ def test_saved_directory_layout(saved):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_converted_config_shows_the_bases_sizes_at_the_top_level(models, saved, family):
+    """Tools read config.max_position_embeddings etc. (lm-eval sets max_length from it)."""
+    base = models[family].config.base_config
+    loaded = AutoModelForCausalLM.from_pretrained(saved[family]).config
+    for config in (models[family].config, loaded):
+        for name in ("max_position_embeddings", "hidden_size", "num_hidden_layers", "num_attention_heads"):
+            assert getattr(config, name) == getattr(base, name), name
+
+
+def test_conversion_keeps_the_bases_generation_config(tmp_path):
+    from transformers import GenerationConfig
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(tiny_config()).eval()
+    base.generation_config = GenerationConfig(
+        eos_token_id=[2, 7], repetition_penalty=1.3, do_sample=True, top_p=0.9
+    )
+    model = SleepRetrofitForCausalLM.from_base(base, settings=SleepSettings(window=L))
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).generation_config
+    for generation in (model.generation_config, loaded):
+        assert generation.eos_token_id == [2, 7]
+        assert (generation.repetition_penalty, generation.do_sample, generation.top_p) == (1.3, True, 0.9)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("trust_remote_code", [False, True])
 def test_save_load_identical_logits(models, saved, family, trust_remote_code):
     ids = random_ids(2, 3 * L + 5, seed=3)
