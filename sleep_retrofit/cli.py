@@ -98,6 +98,11 @@ def _convert(args: argparse.Namespace) -> int:
     )
     info = describe(out)
     print(f"wrote {out}")
+    if args.window is None:
+        window = info["sleep"]["window"]
+        print(
+            f"  window L={window}: the default, min(2048, the base's max_position_embeddings); --window sets it"
+        )
     _print_info(info)
     return 0
 
@@ -306,9 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument(
         "--window",
         type=_positive_int,
-        default=2048,
+        default=None,
         metavar="L",
-        help="chunk length and sliding attention window (default 2048)",
+        help="chunk length and sliding attention window (default: min(2048, the model's "
+        "max_position_embeddings))",
     )
     conv.add_argument(
         "--eviction",

@@ -48,7 +48,14 @@ from transformers.utils import logging as hf_logging
 from .modeling import SleepRetrofitConfig, SleepRetrofitForCausalLM
 from .models.registry import ModelFamily, UnsupportedModelError, resolve_family, supported_model_types
 from .presets import PRESETS, is_preset, load_preset, preset_config, preset_tokenizer
-from .retrofit import FAST_WEIGHT_KINDS, FastWeightPlan, default_plan, parameter_report, plan_from_every
+from .retrofit import (
+    FAST_WEIGHT_KINDS,
+    FastWeightPlan,
+    blocks_outside_loop,
+    default_plan,
+    parameter_report,
+    plan_from_every,
+)
 from .sleep import EVICTION_MODES, SleepCache, SleepSettings, default_loop_span
 
 __all__ = [
@@ -238,6 +245,16 @@ def _check_settings(passes: Any, window: Any, eviction: Any, fast_weights: Any, 
         raise ConvertError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
 
+DEFAULT_WINDOW = 2048
+
+
+def default_window(config: PreTrainedConfig) -> int:
+    """The window conversion picks when none is given: 2048 (the paper's scale), or the base
+    model's max_position_embeddings when that is smaller (a chunk must fit its positions)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    return min(DEFAULT_WINDOW, limit) if _is_int(limit) and limit >= 1 else DEFAULT_WINDOW
+
+
 def _check_window_limit(window: int, config: PreTrainedConfig, what: str) -> None:
     limit = getattr(config, "max_position_embeddings", None)
     if _is_int(limit) and window > limit:
@@ -253,8 +270,30 @@ def _build_plan(
     insert_at: list[int] | None,
     every: int | None,
     with_mlp: bool,
+    loop_span: tuple[int, int] | None = None,
 ) -> FastWeightPlan:
-    """The fast-weight plan for the request, checked against the base model's layers."""
+    """The fast-weight plan for the request, checked against the base model's layers and the
+    loop span (a plan whose blocks all lie outside it would never be slept into)."""
+    plan = _requested_plan(source, fast_weights, insert_at, every, with_mlp, loop_span)
+    span = loop_span or default_loop_span(source.family.name, source.config.num_hidden_layers)
+    if blocks_outside_loop(plan, span):
+        raise ConvertError(
+            f"no inserted block lies inside the loop span {list(span)} (layers {span[0]}..{span[1] - 1}; a "
+            f"block after layer i is inside when {span[0]} <= i < {span[1]}), but blocks would follow "
+            f"layers {plan.insert_after}: sleep's passes would never reach a fast-weight block. Insert "
+            f"after a layer in {span[0]}..{span[1] - 1}, or widen loop_span"
+        )
+    return plan
+
+
+def _requested_plan(
+    source: ModelSource,
+    fast_weights: str | None,
+    insert_at: list[int] | None,
+    every: int | None,
+    with_mlp: bool,
+    loop_span: tuple[int, int] | None,
+) -> FastWeightPlan:
     config = source.config
     num_layers = config.num_hidden_layers
     if insert_at is not None and every is not None:
@@ -287,7 +326,7 @@ def _build_plan(
             )
         return plan_from_every(num_layers, every, kind=kind, with_mlp=with_mlp).resolve(config.hidden_size)
 
-    plan = default_plan(config, kind=fast_weights, with_mlp=with_mlp)
+    plan = default_plan(config, kind=fast_weights, with_mlp=with_mlp, loop_span=loop_span)
     if not plan.insert_after and (fast_weights is not None or with_mlp):
         # Jet-Nemotron's default inserts nothing: a kind or an MLP would silently be ignored.
         raise ConvertError(
@@ -419,7 +458,7 @@ def convert(
     every: int | None = None,
     with_mlp: bool = False,
     passes: int = 1,
-    window: int = 2048,
+    window: int | None = None,
     eviction: str = "hard",
     loop_span: tuple[int, int] | list[int] | None = None,
     dtype: str = "float32",
@@ -439,7 +478,8 @@ def convert(
         with_mlp: give every inserted block an MLP of the base model's intermediate size.
         passes: N, consolidation passes per chunk (1 = no sleep).
         window: L, chunk length (and attention window with sliding eviction); at most the base
-            model's ``max_position_embeddings``.
+            model's ``max_position_embeddings``. None = ``default_window(config)``:
+            min(2048, max_position_embeddings).
         eviction: ``"hard"`` or ``"sliding"``.
         loop_span: (start, end) base layers the sleep passes repeat, end exclusive; None = the
             family default (Ouro: all, others: the middle half).
@@ -454,13 +494,14 @@ def convert(
     Raises:
         ConvertError: for any bad argument, before anything is loaded or written.
     """
-    _check_settings(passes, window, eviction, fast_weights, dtype)
+    _check_settings(passes, DEFAULT_WINDOW if window is None else window, eviction, fast_weights, dtype)
     if not isinstance(overwrite, bool):
         raise ConvertError(f"overwrite must be True or False, got {overwrite!r}")
     source = resolve_source(model, trust_remote_code=trust_remote_code)
+    window = default_window(source.config) if window is None else window
     _check_window_limit(window, source.config, repr(source.name))
-    plan = _build_plan(source, fast_weights, insert_at, every, with_mlp)
     span = _check_loop_span(loop_span, source)
+    plan = _build_plan(source, fast_weights, insert_at, every, with_mlp, span)
     settings = SleepSettings(passes=passes, window=window, eviction=eviction, loop_span=span)
     out_path = _check_out(out, overwrite, source)
 

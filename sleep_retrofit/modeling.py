@@ -202,8 +202,8 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         retention_chunks: the inserted blocks' decays start tuned to keep a chunk's write for
         this many further chunks at the settings' window and N
         (:meth:`FastWeightBlock.init_retention`); None keeps the layers' own (fla/Mamba2) init."""
-        plan = default_plan(base_model.config) if plan is None else plan
         settings = SleepSettings() if settings is None else settings
+        plan = default_plan(base_model.config, loop_span=settings.loop_span) if plan is None else plan
         config = SleepRetrofitConfig(
             base_config=base_model.config,
             fast_weights=plan.to_dict(),

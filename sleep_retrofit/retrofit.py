@@ -48,6 +48,7 @@ from .kernels.validation import check_shape
 from .layers import FastWeightState, GatedDeltaNet, JetBlock, Mamba2
 from .models.common import MLP, RMSNorm
 from .models.registry import resolve_family
+from .sleep.stack import default_loop_span
 
 __all__ = [
     "FAST_WEIGHT_KINDS",
@@ -421,18 +422,28 @@ def evenly_spaced_positions(num_layers: int, num_blocks: int) -> list[int]:
     return [(i + 1) * num_layers // num_blocks - 1 for i in range(num_blocks)]
 
 
-def default_plan(base_config: Any, *, kind: str | None = None, with_mlp: bool = False) -> FastWeightPlan:
+def default_plan(
+    base_config: Any,
+    *,
+    kind: str | None = None,
+    with_mlp: bool = False,
+    loop_span: tuple[int, int] | None = None,
+) -> FastWeightPlan:
     """The default fast-weight plan of a base model's config, resolved (every mixer setting explicit).
 
     * Ouro: ``min(6, num_layers)`` blocks (Jet by default), evenly spaced in the shared stack.
     * Jet-Nemotron: an empty plan, its JetBlocks are the fast weights.
     * Llama family (llama, qwen2, qwen3, mistral): a block (GDN by default) after every 4th layer;
-      one block after the last layer when the model has fewer than 4.
+      one block after the last layer when the model has fewer than 4. When none of those falls
+      inside the loop span (a short model: 4 layers loop layers 1..2 but the block would follow
+      layer 3), the block goes after the span's last layer instead: sleep only consolidates into
+      blocks it passes through.
 
     Args:
         base_config: the base model's config (or the model).
         kind: override the family's mixer kind while keeping its positions.
         with_mlp: give every block an MLP of the base model's ``intermediate_size``.
+        loop_span: the (start, end) layers sleep loops (None: the family default).
 
     Raises:
         UnsupportedModelError (a ValueError): for a config of no supported family.
@@ -449,7 +460,17 @@ def default_plan(base_config: Any, *, kind: str | None = None, with_mlp: bool = 
         plan = plan_from_every(
             num_layers, min(LLAMA_EVERY, num_layers), kind=kind or "gdn", with_mlp=with_mlp
         )
+        start, end = loop_span if loop_span is not None else default_loop_span(family.name, num_layers)
+        if not any(start <= i < end for i in plan.insert_after):
+            plan = FastWeightPlan(plan.kind, [end - 1], with_mlp)
     return plan.resolve(config.hidden_size)
+
+
+def blocks_outside_loop(plan: FastWeightPlan, loop_span: tuple[int, int]) -> bool:
+    """True when no inserted block lies in the loop body (a block after layer i is in it when
+    start <= i < end): sleep's passes would then never consolidate into any of them."""
+    start, end = loop_span
+    return bool(plan.insert_after) and not any(start <= i < end for i in plan.insert_after)
 
 
 # --------------------------------------------------------------------------------------------- building

@@ -176,7 +176,9 @@ def test_converts_a_local_checkpoint_directory(fixtures_dir, tmp_path):
     """The Ouro fixture (an upstream-layout directory, max_position_embeddings 256)."""
     source = fixtures_dir / "ouro_tiny"
     with pytest.raises(ConvertError, match=r"window \(L\) 2048 is larger than .*position limit.*1\.\.256"):
-        convert(source, tmp_path / "ouro", progress=False)
+        convert(source, tmp_path / "ouro", window=2048, progress=False)
+    default = describe(convert(source, tmp_path / "ouro_default", progress=False))
+    assert default["sleep"]["window"] == 256  # the default window fits the model: min(2048, 256)
     out = convert(source, tmp_path / "ouro", window=128, progress=False)
     info = describe(out)
     assert info["family"] == "ouro" and info["fast_weights"]["insert_after"] == [0, 1]
@@ -186,6 +188,18 @@ def test_converts_a_local_checkpoint_directory(fixtures_dir, tmp_path):
     ids = torch.randint(0, 128, (1, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(converted(ids).logits, base(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_a_short_models_default_block_goes_inside_the_loop(tmp_path):
+    """4 layers loop layers 1..2; the every-4th rule would put the block after layer 3, where
+    sleep never passes: the default places it after the span's last layer instead."""
+    from helpers import tiny_llama_config
+    from transformers import LlamaForCausalLM
+
+    LlamaForCausalLM(tiny_llama_config(num_hidden_layers=4)).save_pretrained(tmp_path / "four")
+    info = describe(convert(tmp_path / "four", tmp_path / "out", window=16, progress=False))
+    assert info["sleep"]["loop_span"] == [1, 3]
+    assert info["fast_weights"]["insert_after"] == [2]
 
 
 # ------------------------------------------------------------------------------------- bad input
@@ -224,6 +238,11 @@ def _unsupported_dir(root: Path) -> Path:
         ("tiny-llama", {"loop_span": (6, 2)}, r"loop_span must be START END with 0 <= START < END <= 8"),
         ("tiny-ouro", {"loop_span": (1, 3)}, r"Ouro loops its whole shared stack; loop_span must be 0 4"),
         ("tiny-jet-nemotron", {"fast_weights": "gdn"}, r"default inserts no blocks.*give insert_at or every"),
+        (
+            "tiny-llama",
+            {"insert_at": [0, 7], "loop_span": (2, 6)},
+            r"no inserted block lies inside the loop span \[2, 6\].*would follow layers \[0, 7\]",
+        ),
     ],
 )
 def test_bad_requests_fail_before_writing(tmp_path, model, options, message):
