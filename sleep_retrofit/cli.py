@@ -101,7 +101,8 @@ def _convert(args: argparse.Namespace) -> int:
     if args.window is None:
         window = info["sleep"]["window"]
         print(
-            f"  window L={window}: the default, min(2048, the base's max_position_embeddings); --window sets it"
+            f"  window L={window}: the default, min(2048, the base's max_position_embeddings); "
+            "--window sets it"
         )
     _print_info(info)
     return 0
