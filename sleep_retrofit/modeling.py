@@ -267,25 +267,26 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         """The engine for these settings (`passes`, `window`, `eviction` overrides; None = keep).
 
         Engines are memoised per settings: generate() calls forward once per token and the
-        stack view need not be rebuilt each time (it only references modules)."""
+        stack view need not be rebuilt each time (it only references modules). The memo is
+        checked against what the view was built from, the identity of every module (PEFT
+        wrappers, a swapped decoder layer, modules_to_save=["lm_head"]) and Ouro's
+        total_ut_steps, and rebuilt when any changed (one engine kept per settings)."""
         settings = self.config.sleep_settings(**overrides)
         blocks = {int(k): block for k, block in self.fast_weights.items()}
-        # Keyed by module identity too: PEFT swaps modules (e.g. modules_to_save wrappers).
-        # The head and embeddings too: modules_to_save=["lm_head"] swaps only the head.
-        ends = (self.base.get_input_embeddings(), self.base.get_output_embeddings())
         checkpoint = self.is_activation_checkpointing
-        key = (
-            settings,
-            checkpoint,
-            id(self.base),
-            *map(id, ends),
-            tuple((k, id(b)) for k, b in blocks.items()),
+        structure = (
+            tuple(map(id, self.modules())),
+            getattr(self.base.config, "total_ut_steps", None),
         )
         engines = self.__dict__.setdefault("_engines", {})
-        if key not in engines:
+        built = engines.get((settings, checkpoint))
+        if built is None or built[0] != structure:
             stack = build_stack(self.base, blocks, settings.loop_span)
-            engines[key] = SleepEngine(stack, settings, checkpoint_passes=checkpoint)
-        return engines[key]
+            built = engines[(settings, checkpoint)] = (
+                structure,
+                SleepEngine(stack, settings, checkpoint_passes=checkpoint),
+            )
+        return built[1]
 
     # Activation checkpointing is per consolidation pass: the part that costs N times.
     # (transformers' gradient_checkpointing_enable/disable route here.)

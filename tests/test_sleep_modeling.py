@@ -303,6 +303,37 @@ def test_return_dict_false_returns_the_tuple(models):
     torch.testing.assert_close(as_tuple[1], as_dict.logits)
 
 
+def _fresh_engine_logits(model, ids):
+    model.__dict__.pop("_engines", None)
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_the_memoised_engine_follows_a_swapped_decoder_layer():
+    model = convert("llama")
+    ids = random_ids(1, 2 * L + 3, seed=4)
+    with torch.no_grad():
+        before = model(ids).logits  # memoises the engine
+        layer = copy.deepcopy(model.base.model.layers[2])
+        for parameter in layer.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+        model.base.model.layers[2] = layer
+        after = model(ids).logits
+    assert not torch.allclose(before, after, atol=1e-3)
+    torch.testing.assert_close(after, _fresh_engine_logits(model, ids))
+
+
+def test_the_memoised_engine_follows_ouros_total_ut_steps():
+    model = convert("ouro")
+    ids = random_ids(1, 2 * L + 3, seed=4)
+    with torch.no_grad():
+        before = model(ids).logits
+        model.base.config.total_ut_steps += 1
+        after = model(ids).logits
+    assert not torch.allclose(before, after, atol=1e-3)
+    torch.testing.assert_close(after, _fresh_engine_logits(model, ids))
+
+
 # ------------------------------------------------------------ the labels path
 
 
