@@ -366,6 +366,21 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         engine = self.engine(passes=passes, window=window, eviction=eviction)
         inputs = input_ids if input_ids is not None else inputs_embeds  # ids are embedded per chunk
         length = inputs.shape[1]
+        if length == 0:
+            held = f" (the cache has consumed {cache.seen_tokens} tokens)" if cache is not None else ""
+            raise ValueError(
+                f"no new tokens to consume{held}. To continue generating with a cache, pass the whole "
+                "sequence so far (prompt + generated tokens) as input_ids, as transformers expects: "
+                "generate() feeds only the tokens after what the cache holds"
+            )
+        if attention_mask is not None:
+            past = cache.seen_tokens if cache is not None else 0
+            if attention_mask.shape[-1] not in (length, past + length):
+                raise ValueError(
+                    f"attention_mask has {attention_mask.shape[-1]} columns, but this call consumes {length} "
+                    f"tokens after the {past} the cache holds: give a mask of {length} or {past + length} "
+                    "columns (continuing generation: the mask of the whole sequence so far)"
+                )
         padding = attention_mask[:, -length:] if attention_mask is not None else None
 
         wanted = torch.zeros(length, dtype=torch.bool, device=inputs.device)

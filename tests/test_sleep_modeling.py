@@ -435,6 +435,44 @@ def test_generate_reports_evictions_in_its_cache(models):
     assert cache.attention_tokens == (13 + 19) % L
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generate_continues_from_a_returned_cache_as_one_call(models, family):
+    """generate(sequence_so_far, cache=out.cache) consumes only the tokens after what the cache
+    holds, with or without the whole sequence's attention mask, and ends where one call ends."""
+    model = models[family]
+    prompt = random_ids(1, 2 * L + 3, seed=13)
+    with torch.no_grad():
+        whole = model.generate(prompt, max_new_tokens=L + 3, do_sample=False)
+        first = model.generate(prompt, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
+        cache = first.cache
+        assert cache and cache.seen_tokens == prompt.shape[1] + 3
+        for mask in (None, torch.ones_like(first.sequences)):
+            resumed_cache = copy.deepcopy(cache)
+            resumed = model.generate(
+                first.sequences,
+                attention_mask=mask,
+                cache=resumed_cache,
+                max_new_tokens=L - 1,
+                do_sample=False,
+            )
+            assert torch.equal(resumed, whole)
+            assert resumed_cache.seen_tokens == whole.shape[1] - 1
+
+
+def test_continuing_with_only_the_new_tokens_is_a_clear_error(models):
+    model = models["llama"]
+    with torch.no_grad():
+        first = model.generate(random_ids(1, 13, seed=14), max_new_tokens=3, return_dict_in_generate=True)
+        with pytest.raises(ValueError, match="pass the whole sequence so far"):
+            model.generate(first.sequences[:, -1:], cache=first.cache, max_new_tokens=2)
+        with pytest.raises(ValueError, match="attention_mask has 5 columns"):
+            model(
+                random_ids(1, 4, seed=1),
+                attention_mask=torch.ones(1, 5, dtype=torch.long),
+                cache=SleepCache(),
+            )
+
+
 # ------------------------------------------------------------ CUDA
 
 

@@ -69,6 +69,11 @@ class SleepCache(FastWeightStates, Cache):
         self.seen_tokens = 0
         self.stats = {"evictions": 0, "consolidations": 0, "consolidation_seconds": 0.0}
 
+    def __bool__(self) -> bool:
+        # transformers' Cache is a sequence of cache layers and this one keeps none (keys and
+        # states live in dicts), so len() is 0; a cache is still a cache when tested for truth.
+        return True
+
     def __repr__(self) -> str:
         return (
             f"SleepCache(seen_tokens={self.seen_tokens}, chunk_fill={self.chunk_fill}, "
