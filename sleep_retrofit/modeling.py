@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import ItemsView, Iterator, KeysView, Sequence, ValuesView
 from pathlib import Path
 from typing import Any
@@ -437,6 +438,10 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
             raise ValueError(
                 "a sleep-retrofit model generates with its SleepCache; do not set use_cache=False"
             )
+        mask = model_kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+            window = model_kwargs.get("window") or self.config.window
+            _warn_if_padding_shifts_chunks(mask, window)
         model_kwargs["cache"] = SleepCache()
         return None
 
@@ -449,6 +454,34 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         }
         super().save_pretrained(save_directory, *args, **kwargs)
         Path(save_directory, f"{SHIM_MODULE}.py").write_text(_SHIM_SOURCE)
+
+
+class PaddingShiftsChunksWarning(UserWarning):
+    """Left padding that is not a multiple of the window moves a row's chunk boundaries."""
+
+
+def _warn_if_padding_shifts_chunks(padding: torch.Tensor, window: int) -> None:
+    """generate() on a left-padded batch (a tokenizer's padding=True): chunks are cut at columns,
+    so a row whose left padding is not a multiple of L is chunked differently than its prompt
+    alone (and its outputs differ). Say so instead of silently. (forward() with SleepCollator
+    batches follows the collator's own layout rule and is not checked.)"""
+    real = padding.bool()
+    if real.all():
+        return
+    # Left padding = the zeros before a row's first real token.
+    first_real = torch.where(
+        real.any(dim=1), real.float().argmax(dim=1), torch.zeros_like(real[:, 0], dtype=torch.long)
+    )
+    shifted = [int(p) for p in first_real.tolist() if p % window]
+    if shifted:
+        warnings.warn(
+            f"left padding of {sorted(set(shifted))} tokens is not a multiple of the window L={window}: "
+            "those rows are cut into chunks at other boundaries than when run alone, so their outputs "
+            "differ. Pad each row to a multiple of L (sleep_retrofit.tasks.SleepCollator lays batches out "
+            "so), or run such rows separately",
+            PaddingShiftsChunksWarning,
+            stacklevel=4,
+        )
 
 
 def target_logits(logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -471,6 +472,23 @@ def test_continuing_with_only_the_new_tokens_is_a_clear_error(models):
                 attention_mask=torch.ones(1, 5, dtype=torch.long),
                 cache=SleepCache(),
             )
+
+
+def test_left_padding_off_the_chunk_grid_is_said_not_silent(models):
+    from sleep_retrofit.modeling import PaddingShiftsChunksWarning
+
+    model = models["llama"]
+    ids = random_ids(2, 2 * L + 3, seed=15)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # 4 pads at L = 8: row 1's chunks move
+    with pytest.warns(PaddingShiftsChunksWarning, match=r"left padding of \[4\] tokens .* L=8"):
+        with torch.no_grad():
+            model.generate(ids, attention_mask=mask, max_new_tokens=2, pad_token_id=0)
+    mask[1, :4], mask[1, :L] = 1, 0  # a whole chunk of padding: exact, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PaddingShiftsChunksWarning)
+        with torch.no_grad():
+            model.generate(ids, attention_mask=mask, max_new_tokens=2, pad_token_id=0)
 
 
 # ------------------------------------------------------------ CUDA
