@@ -754,9 +754,9 @@ def timed_generate(
     time prompt ingestion, consolidation and per-token wake decoding.
 
     Sampling (``do_sample``) draws from the whole vocabulary at ``temperature``; ``seed`` seeds it.
-    With ``warmup`` the first chunk of the prompt and one decode step are run once on a scratch
-    cache before timing: the first calls of torch ops on CPU can be 10-100x slower than later ones
-    and would otherwise dominate short runs.
+    With ``warmup`` the first 8 prompt tokens (at a window of 4: a wake pass, a consolidation)
+    and one decode step are run once on a scratch cache before timing: the first calls of torch
+    ops on CPU can be 10-100x slower than later ones and would otherwise dominate short runs.
 
     Raises:
         ConvertError: for an empty prompt, max_new_tokens < 1 or temperature <= 0.
@@ -773,10 +773,12 @@ def timed_generate(
         raise ConvertError("prompt encodes to no tokens")
     if warmup:
         with torch.no_grad():
+            # A few tokens at a tiny window exercise a wake pass, a consolidation and a decode
+            # step without paying for a full N-pass chunk (2048 tokens x N on a real model).
             scratch = SleepCache()
-            head = input_ids[:, : model.engine().settings.window]  # one chunk: a wake pass + a consolidation
-            model(head, cache=scratch, logits_to_keep=1)
-            model(head[:, :1], cache=scratch, logits_to_keep=1)  # a one-token decode step
+            head = input_ids[:, :8]
+            model(head, cache=scratch, logits_to_keep=1, window=min(4, model.config.window))
+            model(head[:, :1], cache=scratch, logits_to_keep=1, window=min(4, model.config.window))
     cache = SleepCache()
     sampling = {"do_sample": True, "temperature": float(temperature), "top_k": 0, "top_p": 1.0}
     with (

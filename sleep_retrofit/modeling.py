@@ -402,7 +402,10 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
 
         if cache is None:
             cache = engine.new_cache()
-        hidden = engine.forward(inputs, cache, padding_mask=padding, output_positions=wanted)
+        with _ingestion_bar(length, engine.settings.window) as bar:
+            hidden = engine.forward(
+                inputs, cache, padding_mask=padding, output_positions=wanted, on_segment=bar.update
+            )
         logits = engine.stack.head(hidden)
 
         loss = None
@@ -454,6 +457,24 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         }
         super().save_pretrained(save_directory, *args, **kwargs)
         Path(save_directory, f"{SHIM_MODULE}.py").write_text(_SHIM_SOURCE)
+
+
+# A call that consumes at least this many chunks without gradients (a long prompt) shows a
+# progress bar on a terminal (tqdm's auto mode: silent in logs, CI and notebooks' captured output).
+PROGRESS_MIN_CHUNKS = 16
+
+
+def _ingestion_bar(length: int, window: int):
+    from tqdm.auto import tqdm
+
+    show = length >= PROGRESS_MIN_CHUNKS * window and not torch.is_grad_enabled()
+    return tqdm(
+        total=length,
+        desc="sleep: reading the prompt",
+        unit="tok",
+        leave=False,
+        disable=None if show else True,
+    )
 
 
 class PaddingShiftsChunksWarning(UserWarning):

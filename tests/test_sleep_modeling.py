@@ -8,6 +8,7 @@ generation agree with their unbatched, teacher-forced counterparts (design.md, "
 from __future__ import annotations
 
 import copy
+import io
 import json
 import subprocess
 import sys
@@ -558,3 +559,24 @@ def test_free_running_targets_feed_back_the_models_own_predictions():
     uneven[0, 3] = -100
     with pytest.raises(ValueError, match="same number of targets"):
         free_running_targets(_CopyPreviousToken(), ids, uneven)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_long_prompt_shows_ingestion_progress_on_a_terminal(models, monkeypatch):
+    from sleep_retrofit.modeling import PROGRESS_MIN_CHUNKS
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with torch.no_grad():
+        models["llama"](random_ids(1, L * PROGRESS_MIN_CHUNKS + 3, seed=2), logits_to_keep=1)
+    assert "sleep: reading the prompt" in terminal.getvalue()
+    assert f"/{L * PROGRESS_MIN_CHUNKS + 3} [" in terminal.getvalue()  # counted in prompt tokens
+    short = _Terminal()
+    monkeypatch.setattr(sys, "stderr", short)
+    with torch.no_grad():
+        models["llama"](random_ids(1, 3 * L, seed=2), logits_to_keep=1)  # a few chunks: no bar
+    assert short.getvalue() == ""

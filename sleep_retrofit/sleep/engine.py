@@ -22,6 +22,7 @@ Everything is differentiable: states are values threaded through calls, never mu
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -51,6 +52,7 @@ class SleepEngine:
         cache: SleepCache,
         padding_mask: torch.Tensor | None = None,
         output_positions: torch.Tensor | None = None,
+        on_segment: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
         """Consume `inputs` after what `cache` holds: token ids [B, T] (embedded one chunk at a
         time, so a long prompt never exists as one [B, T, hidden] tensor) or embeddings
@@ -58,6 +60,7 @@ class SleepEngine:
 
         padding_mask: [B, T] 1/0 (1 = real token); None = nothing padded.
         output_positions: [T] bool, the positions whose final hidden states are wanted (None = all).
+        on_segment: called with the number of tokens of every segment consumed (progress bars).
         Returns the final hidden states of the wanted positions, [B, wanted, hidden], in order.
         """
         batch, length = inputs.shape[:2]
@@ -91,6 +94,8 @@ class SleepEngine:
             cache.append_chunk(embeds, seg_valid, woken)
             if completes:
                 self._evict(cache)
+            if on_segment is not None:
+                on_segment(stop - start)
             start = stop
         if not outputs:
             hidden_size = self.stack.embed.weight.shape[-1]
