@@ -237,6 +237,13 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         jet = [f"base.model.layers.{i}.self_attn." for i, kind in enumerate(layer_types) if kind == "jet"]
         return ["fast_weights.", *jet]
 
+    def parameters_outside_sleep(self) -> list[str]:
+        """Names of the parameters no sleep forward uses (Ouro's early-exit gate: under sleep
+        Ouro always runs all total_ut_steps). Training them is impossible; leaving them
+        trainable would make DDP wait for gradients that never come."""
+        used = {id(p) for module in self.engine().stack.modules() for p in module.parameters()}
+        return [name for name, p in self.named_parameters() if id(p) not in used]
+
     def lora_target_modules(self, names: Sequence[str] = DEFAULT_LORA_TARGETS) -> list[str]:
         """Full names of the base model's ``nn.Linear`` layers whose last name part is in
         `names`, outside the fast-weight modules: what to give PEFT's

@@ -238,6 +238,32 @@ def test_a_hub_model_that_cannot_be_fetched_is_one_line_naming_it(tmp_path, monk
     assert not (tmp_path / "hub" / "model").exists()
 
 
+def _launch_two_processes(config: dict, tmp_path: Path, name: str) -> subprocess.CompletedProcess:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(REPO / "recipes" / "rule110.py"), "--config", str(path),
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+
+
+def test_two_process_full_finetuning_of_ouro_keeps_every_trainable_parameter_in_the_graph(tmp_path):
+    """Ouro's early-exit gate is outside every sleep forward; trainable, it made DDP fail at step 2
+    ("Expected to have finished reduction"). Full fine-tuning now freezes what sleep never uses."""
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config.update(output_dir=str(tmp_path / "ouro"), stages=["stage2"])
+    config["model"] = {"source": "tiny-ouro", "passes": 2, "window": 8}
+    config["stage2"].update(max_steps=3, finetune="full")
+    config["data"]["eval_examples"] = 4
+    done = _launch_two_processes(config, tmp_path, "ouro")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trained = weights(tmp_path / "ouro" / "model")
+    assert any(name.startswith("fast_weights.") for name in trained)
+
+
 def test_two_process_ddp_run_completes(tmp_path):
     # accelerate 1.15's `launch --cpu` starts a single process whatever --num_processes says; the
     # torchrun launcher (--multi_gpu) on a machine without CUDA runs a gloo DDP group on the CPU.
@@ -246,21 +272,13 @@ def test_two_process_ddp_run_completes(tmp_path):
     config["stage1"]["max_steps"] = 2
     config["stage2"]["max_steps"] = 2
     config["data"]["eval_examples"] = 4
-    path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(REPO / "recipes" / "rule110.py"), "--config", str(path),
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    done = _launch_two_processes(config, tmp_path, "ddp")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     start = json.loads((tmp_path / "ddp" / "stage1" / "log.jsonl").read_text().splitlines()[0])
     assert start["processes"] == 2
     # Rerunning a finished run (the resume rule) republishes the model once: only the main
     # process copies (before, every CPU rank thought it was main and they raced on rmtree).
-    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    again = _launch_two_processes(config, tmp_path, "ddp")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert not list((tmp_path / "ddp").glob(".model.publishing"))
     assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()

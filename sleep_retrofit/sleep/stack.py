@@ -52,6 +52,11 @@ class StackBlock:
     def __call__(self, hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def module(self) -> nn.Module:
+        """The model's own module this entry runs."""
+        return self.layer
+
 
 class InsertedBlock(StackBlock):
     """A fast-weight block inserted after base layer `after`; one state slot per Ouro step."""
@@ -59,11 +64,11 @@ class InsertedBlock(StackBlock):
     stateful = True
 
     def __init__(self, module: nn.Module, after: int):
-        self.module, self.after = module, after
+        self.layer, self.after = module, after
 
     def __call__(self, hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
         key = f"inserted.{self.after}.step{ctx.step}"
-        hidden_states, state = self.module(
+        hidden_states, state = self.layer(
             hidden_states, state=ctx.cache.get_state(key), attention_mask=ctx.padding_mask
         )
         ctx.cache.set_state(key, state)
@@ -137,6 +142,12 @@ class StackView:
     steps_per_pass: int = 1
     step_norm: nn.Module | None = None
     windows: set[int | None] = field(default_factory=set)
+
+    def modules(self) -> list[nn.Module]:
+        """Every module sleep runs (their parameters are the ones a sleep forward can train)."""
+        ends = [self.embed, self.rotary, self.final_norm, self.head, self.step_norm]
+        blocks = [block.module for block in self.prefix + self.body + self.suffix]
+        return [module for module in ends + blocks if module is not None]
 
     def _run(self, blocks: list[StackBlock], hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
         for block in blocks:

@@ -150,8 +150,11 @@ def prepare_trainable(model: SleepRetrofitForCausalLM, finetune: str, lora: Lora
     ``lora`` (PEFT LoRA adapters on the base's projections + the fast-weight blocks in full)."""
     fast = set(fast_weight_parameter_names(model))
     if finetune == "full":
-        for param in model.parameters():
-            param.requires_grad_(True)
+        # Everything sleep uses: parameters outside every sleep forward (Ouro's exit gate) get no
+        # gradient, and DDP would wait for theirs forever ("Expected to have finished reduction").
+        unused = set(model.parameters_outside_sleep())
+        for name, param in model.named_parameters():
+            param.requires_grad_(name not in unused)
         return model
     if finetune == "fast_weights":
         if not fast:
