@@ -289,6 +289,7 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         engines = self.__dict__.setdefault("_engines", {})
         built = engines.get((settings, checkpoint))
         if built is None or built[0] != structure:
+            _use_an_attention_sleep_supports(self.base.config)
             stack = build_stack(self.base, blocks, settings.loop_span)
             built = engines[(settings, checkpoint)] = (
                 structure,
@@ -464,6 +465,26 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         }
         super().save_pretrained(save_directory, *args, **kwargs)
         Path(save_directory, f"{SHIM_MODULE}.py").write_text(_SHIM_SOURCE)
+
+
+# The attention implementations that take the engine's masks: a 4-D additive bias that already
+# encodes the chunk, the window and the padding (flash_attention_2/3 want a 2-D padding mask and
+# apply the layer's own sliding window; flex_attention wants a BlockMask).
+SLEEP_ATTENTION = ("eager", "sdpa")
+
+
+def _use_an_attention_sleep_supports(config: PreTrainedConfig) -> None:
+    """Switch a base config asking for another attention implementation to sdpa, saying so."""
+    requested = getattr(config, "_attn_implementation", None)
+    if requested is None or requested in SLEEP_ATTENTION:
+        return
+    warnings.warn(
+        f"attn_implementation={requested!r} is not supported under sleep: the sleep engine builds a 4-D "
+        f"additive mask per chunk (window, eviction and padding in one), which {requested} does not "
+        "take; using 'sdpa' instead (load with attn_implementation='sdpa' to silence this)",
+        stacklevel=3,
+    )
+    config._attn_implementation = "sdpa"
 
 
 # A call that consumes at least this many chunks without gradients (a long prompt) shows a

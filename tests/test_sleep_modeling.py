@@ -580,3 +580,32 @@ def test_a_long_prompt_shows_ingestion_progress_on_a_terminal(models, monkeypatc
     with torch.no_grad():
         models["llama"](random_ids(1, 3 * L, seed=2), logits_to_keep=1)  # a few chunks: no bar
     assert short.getvalue() == ""
+
+
+@pytest.mark.parametrize("requested", ["flash_attention_2", "flex_attention"])
+def test_an_attention_sleep_cannot_feed_is_replaced_by_sdpa_with_a_warning(requested):
+    model = convert("llama")
+    ids = random_ids(1, 2 * L + 3, seed=3)
+    with torch.no_grad():
+        expected = model(ids).logits
+    model.__dict__.pop("_engines", None)
+    model.base.config._attn_implementation_internal = (
+        requested  # as a load with attn_implementation=... sets it
+    )
+    with pytest.warns(
+        UserWarning, match=f"attn_implementation='{requested}' is not supported under sleep.*sdpa"
+    ):
+        with torch.no_grad():
+            got = model(ids).logits
+    assert model.base.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=ATOL)
+
+
+@pytest.mark.parametrize("requested", ["eager", "sdpa"])
+def test_eager_and_sdpa_are_kept(requested):
+    model = convert("llama")
+    model.base.config._attn_implementation_internal = requested
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.engine()
+    assert model.base.config._attn_implementation == requested
