@@ -1047,6 +1047,13 @@ _DIFFICULTY_OPTIONS = (
 )
 
 
+def default_out(model: str | os.PathLike) -> Path:
+    """eval_results/<parent>-<name> of a model directory: trained models all end in ``.../model``,
+    so the name alone would send two of them to the same place."""
+    parts = Path(model).expanduser().resolve().parts[-2:]
+    return Path("eval_results") / "-".join(part for part in parts if part != os.sep)
+
+
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the evaluation options to `parser` (for ``sleep-retrofit eval`` and eval/evaluate.py);
     pair with :func:`run_eval`."""
@@ -1085,7 +1092,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         default=None,
         metavar="DIR",
         help="output directory for results.json/.md and accuracy.png "
-        "(default eval_results/<model directory name>)",
+        "(default eval_results/<parent>-<model directory name>, e.g. eval_results/rule110_tiny-model)",
     )
     parser.add_argument("--window", type=int, default=None, metavar="L", help="override the model's window L")
     parser.add_argument(
@@ -1145,7 +1152,7 @@ def spec_from_args(args: argparse.Namespace) -> EvalSpec:
     task_options: dict[str, dict[str, Any]] = {}
     for task, name, value in args.task_option:
         task_options.setdefault(task, {})[name] = value
-    out = args.out if args.out is not None else Path("eval_results") / Path(args.model).resolve().name
+    out = args.out if args.out is not None else default_out(args.model)
     return EvalSpec(
         model=args.model,
         tasks=tuple(args.task),

@@ -523,3 +523,11 @@ def test_entry_point_script(tmp_path):
     )
     assert done.returncode == 2
     assert "model directory does not exist" in done.stderr
+
+
+def test_default_out_keeps_two_trained_models_apart(tmp_path):
+    from sleep_retrofit.evaluation import default_out
+
+    first, second = default_out(tmp_path / "run_a" / "model"), default_out(tmp_path / "run_b" / "model")
+    assert first != second
+    assert first == Path("eval_results") / "run_a-model"
