@@ -25,6 +25,7 @@ import sleep_retrofit  # noqa: F401  (registers the native families and the conv
 from sleep_retrofit.layers import FastWeightState
 from sleep_retrofit.modeling import SleepRetrofitForCausalLM
 from sleep_retrofit.sleep import SleepCache, SleepEngine, SleepSettings, StackBlock
+from sleep_retrofit.sleep.stack import JetNemotronLayer
 
 L = 8  # chunk length of every test here unless said otherwise
 FAMILIES = ("llama", "jet_nemotron", "ouro")
@@ -68,7 +69,8 @@ def fast_weight_modules(blocks: list[StackBlock]) -> list[nn.Module]:
     modules = []
     for block in blocks:
         if block.stateful:
-            modules.append(block.module if hasattr(block, "module") else block.layer.self_attn)
+            # Inserted blocks return (hidden, state) themselves; a Jet-Nemotron jet layer's attention does.
+            modules.append(block.layer.self_attn if isinstance(block, JetNemotronLayer) else block.module)
     return modules
 
 
