@@ -39,8 +39,8 @@ Independent runs go to parallel subprocesses with one torch thread each (`--jobs
 stage directory, its final model, the evaluation grid's results.json and a summary.json); a
 rerun skips finished jobs and the trainer resumes unfinished ones from their checkpoints.
 `OUT/results.json` (its `summary` list: per (arm, N, difficulty) the metrics' mean, std, min,
-max and per-seed values), `OUT/results.md`, `OUT/accuracy.png` and `OUT/loss.png` (every run's
-training loss, a panel per arm) collect them.
+max and per-seed values), `OUT/results.md`, `OUT/accuracy.png`, `OUT/loss.png` (every run's training loss, a panel per
+arm) and, for Rule 110, `OUT/per_string.png` (per-string accuracy per t) collect them.
 
 Profiles:
 - `cpu`: Rule 110, d = 64, GDN one head of 64 (the toolkit's retention init), 4 strings of
@@ -771,6 +771,38 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+def plot_per_string(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Rule 110's per-string accuracy (string 0 = the oldest, evicted first): one panel per t,
+    one line per arm label, error bars = std over seeds. Shows whether a run fails to store the
+    old strings (a slope towards string 0) or to compute all of them (a flat drop)."""
+    rows = [r for r in rows if r["task"] == "rule110"]
+    if not rows:
+        return None
+    ts = sorted({r["t"] for r in rows})
+    made = _figure(width=2.6, height=2.8, ncols=len(ts))
+    if made is None:
+        return None
+    figure, axes = made
+    for ax, t in zip(axes, ts, strict=True):
+        for label in dict.fromkeys(r["label"] for r in rows):
+            (row,) = [r for r in rows if r["label"] == label and r["t"] == t] or [None]
+            if row is None:
+                continue
+            per_seed = list(zip(*row["per_label_accuracy"], strict=True))  # per string: seeds' values
+            spread = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_seed]
+            strings = range(len(per_seed))
+            ax.errorbar(strings, row["per_label_accuracy_mean"], yerr=spread, marker="o", capsize=2, label=label)
+        ax.set_title(f"t = {t}", fontsize=9)
+        ax.set_xticks(range(len(rows[0]["per_label_accuracy_mean"])))
+        ax.set_xlabel("string (0 = oldest)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("per-string accuracy (test)")
+    axes[-1].legend(fontsize=7)
+    figure.savefig(path, dpi=110)
+    return path
+
+
 def plot_losses(summaries: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Training loss against training tokens: one panel per arm label, one line per seed (every
     run of the harness is drawn; the trainer's log.jsonl)."""
@@ -817,7 +849,8 @@ def run_harness(
     report_only: bool = False,
 ) -> dict[str, Any]:
     """Run the jobs not finished yet (parallel subprocesses, or sequentially in this process),
-    then write OUT/results.json, OUT/results.md and OUT/accuracy.png. Returns the results.
+    then write OUT/results.json, OUT/results.md and the figures (accuracy.png, loss.png,
+    per_string.png for Rule 110). Returns the results.
     report_only: run nothing, report the finished jobs (the others are listed as not run)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
@@ -896,6 +929,7 @@ def run_harness(
     (out_dir / "results.md").write_text(markdown_table(rows, header))
     plot(rows, out_dir / "accuracy.png")
     plot_losses(summaries, out_dir / "loss.png")
+    plot_per_string(rows, out_dir / "per_string.png")
     return results
 
 
@@ -985,7 +1019,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile, jobs, out_dir, parallel=parallel, in_process=args.in_process, report_only=args.report_only
     )
     seconds = results["wall_seconds"]
-    print(f"wrote {out_dir}/results.json, results.md, accuracy.png, loss.png in {seconds:.0f} s")
+    print(f"wrote {out_dir}/results.json, results.md and the figures in {seconds:.0f} s")
     return 1 if results["failed"] else 0
 
 

@@ -76,7 +76,7 @@ def test_smoke_plumbing_writes_json_and_markdown(harness, tmp_path):
     assert "**per-string accuracy** (string 0 = the oldest" in markdown
     per_string = summary[("N=2", 2)]["per_label_accuracy_mean"]
     assert per_string == records[("N=2", 2)]["per_label_accuracy"] and len(per_string) == 3
-    for figure in ("accuracy.png", "loss.png"):  # matplotlib comes with the dev extras
+    for figure in ("accuracy.png", "loss.png", "per_string.png"):  # matplotlib: the dev extras
         assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
 
     # The diagnostics read the trained models: N at test time, gates, gradient reach.
