@@ -47,8 +47,11 @@ Profiles:
   W = 16 (L = 17 with the t token), t mixed over {0..4}, batch 128, AdamW 2e-3, 50 warm-up
   steps, cosine to 0, clip 1.0, 600 steps (5.6M tokens), 1,000 test examples per t,
   N = 1, 2, 4 x 3 seeds (~100 min wall on 2 cores). Measured times: docs/results.md.
-- `depo-cpu`: Depo, cycles of 3-24 nodes (2-symbol words, 4 queries), L = 24, k in 1..8
-  (tested at 1, 2, 4, 8), N = 1, 2, 4 x 2 seeds, otherwise as `cpu`.
+- `depo-cpu`: Depo, cycles of 3-16 nodes written as one-token words (16 symbols), 4 queries,
+  L = 8 (the test graph's 32 context tokens fill 4 windows, the queries a fifth), k drawn from
+  1..8 per query (tested at 1, 2, 4, 8), N = 1, 2, 4 x 2 seeds, otherwise as `cpu`.
+- `depo-words2`: the first Depo attempt (cycles of 3-24 nodes as 2-symbol words, L = 24): no
+  arm, full attention included, learned it in 600 steps (docs/results.md).
 - `gpu`: the paper: W=24, d=256, L=24, t=32 fixed (the paper trained one t per run), batch 512
   (64 x 8 accumulation), Muon 2e-3 + AdamW 5e-5, 100 warm-up steps, bf16, ~5B tokens (96,700
   steps at T=101). The paper reports under one A6000-day per run; on one H100 expect roughly
@@ -247,6 +250,32 @@ PROFILES: dict[str, Profile] = {
         hidden_size=64,
         num_layers=4,
         num_heads=4,
+        width=8,  # L: a 16-node graph is 16 edges x 2 one-token words = 32 tokens = 4 windows
+        num_strings=0,
+        train_t=tuple(range(1, 9)),
+        eval_t=(1, 2, 4, 8),
+        max_steps=600,
+        eval_examples=500,
+        eval_batch_size=250,
+        passes=(1, 2, 4),
+        seeds=2,
+        gdn_heads=1,
+        depo_options=(
+            ("min_nodes", 3),
+            ("max_nodes", 16),
+            ("num_queries", 4),
+            ("word_length", 1),
+            ("num_symbols", 16),
+        ),
+        **_CPU_OPTIMISER,
+        expected="measured job times: docs/results.md",
+    ),
+    "depo-words2": Profile(
+        name="depo-words2",
+        task="depo",
+        hidden_size=64,
+        num_layers=4,
+        num_heads=4,
         width=24,  # L: a graph of 24 nodes is 96 tokens = 4 windows, 4 queries of 6 tokens the fifth
         num_strings=0,
         train_t=tuple(range(1, 9)),
@@ -265,7 +294,7 @@ PROFILES: dict[str, Profile] = {
             ("num_symbols", 10),
         ),
         **_CPU_OPTIMISER,
-        expected="see docs/results.md for measured job times",
+        expected="the first Depo attempt (docs/results.md): no arm learned it at 600 steps",
     ),
     "depo-smoke": Profile(
         name="depo-smoke",
