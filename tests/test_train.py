@@ -72,6 +72,9 @@ def test_stage1_changes_only_fast_weight_parameters(tmp_path):
     assert (
         log[0]["event"] == "start" and log[0]["eviction"] == "hard" and log[0]["finetune"] == "fast_weights"
     )
+    # The start record counts what trains: exactly the fast-weight parameters.
+    named = dict(initial.named_parameters())
+    assert log[0]["trainable_parameters"] == sum(named[name].numel() for name in fast)
 
 
 def test_a_tiny_run_lowers_the_loss_and_the_final_model_loads_and_evaluates(tmp_path):

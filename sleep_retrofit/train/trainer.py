@@ -235,6 +235,7 @@ def run_stage(
     train_rows = build_rows(config, "train", config.data.train_examples, tokenizer)
     eval_rows = build_rows(config, "validation", config.data.eval_examples, tokenizer)
     model = prepare_trainable(model, finetune, stage.lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model)
     model.train()
@@ -292,6 +293,7 @@ def run_stage(
                 "window": window,
                 "eviction": eviction,
                 "finetune": finetune,
+                "trainable_parameters": trainable,
                 "processes": accelerator.num_processes,
             },
         )
