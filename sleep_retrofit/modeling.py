@@ -433,6 +433,60 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         return output if return_dict is None or return_dict else output.to_tuple()
 
     # ----------------------------------------------------------------- generation
+    def generate(self, inputs: torch.Tensor | None = None, generation_config: Any = None, **kwargs: Any):
+        """transformers' generate(), with every row chunked as it would be alone.
+
+        Chunks are cut at multiples of L from column 0, so a left-padded row (a tokenizer's
+        ``padding=True``) whose padding is not a multiple of L would be cut at other boundaries
+        than its prompt alone. Rows are therefore generated in groups of equal padding modulo L,
+        each group with that many all-padding columns removed (the rest of its padding is whole
+        chunks, which change nothing), and the groups' sequences are put back in the input's row
+        order and columns: left padding as given, finished rows right-padded with the pad token
+        (as transformers pads rows that stop early). A batch whose rows need several groups
+        returns sequences only (``return_dict_in_generate`` is refused); one group keeps the
+        whole output."""
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        mask = kwargs.get("attention_mask")
+        resumed = kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None
+        if (
+            not isinstance(ids, torch.Tensor)
+            or ids.is_floating_point()
+            or not isinstance(mask, torch.Tensor)
+            or mask.shape != ids.shape
+            or resumed
+        ):
+            return super().generate(inputs, generation_config, **kwargs)
+        window = kwargs.get("window") or self.config.window
+        shift = _left_padding(mask) % window
+        groups = {int(r): (shift == r).nonzero().flatten() for r in shift.unique().tolist()}
+        if list(groups) == [0]:
+            return super().generate(inputs, generation_config, **kwargs)
+        config = generation_config if generation_config is not None else self.generation_config
+        if len(groups) > 1 and kwargs.get("return_dict_in_generate", config.return_dict_in_generate):
+            raise ValueError(
+                f"rows whose left padding differs modulo the window L={window} are generated in separate "
+                "groups (each as it is alone), and return_dict_in_generate=True cannot merge their "
+                "scores; pad every row to the same length modulo L, or generate those rows separately"
+            )
+        kwargs.pop("input_ids", None)
+        pieces = []
+        for r, rows in groups.items():
+            out = super().generate(
+                ids[rows, r:], generation_config, **{**kwargs, "attention_mask": mask[rows, r:]}
+            )
+            pieces.append((r, rows, out))
+        pad = _pad_token_id(config, kwargs)
+        width = max(r + (o if isinstance(o, torch.Tensor) else o.sequences).shape[1] for r, _, o in pieces)
+        merged = torch.full((ids.shape[0], width), pad, dtype=ids.dtype, device=ids.device)
+        for r, rows, out in pieces:
+            sequences = out if isinstance(out, torch.Tensor) else out.sequences
+            merged[rows, r : r + sequences.shape[1]] = sequences
+            merged[rows, :r] = ids[rows, :r]
+        if len(pieces) == 1 and not isinstance(pieces[0][2], torch.Tensor):
+            pieces[0][2].sequences = merged
+            return pieces[0][2]
+        return merged
+
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs) -> None:
         """generate() would build a DynamicCache from the config; sleep needs a SleepCache."""
         user_cache = model_kwargs.get("cache", model_kwargs.get("past_key_values"))
@@ -449,10 +503,6 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
             raise ValueError(
                 "a sleep-retrofit model generates with its SleepCache; do not set use_cache=False"
             )
-        mask = model_kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.ndim == 2:
-            window = model_kwargs.get("window") or self.config.window
-            _warn_if_padding_shifts_chunks(mask, window)
         model_kwargs["cache"] = SleepCache()
         return None
 
@@ -505,32 +555,30 @@ def _ingestion_bar(length: int, window: int):
     )
 
 
-class PaddingShiftsChunksWarning(UserWarning):
-    """Left padding that is not a multiple of the window moves a row's chunk boundaries."""
-
-
-def _warn_if_padding_shifts_chunks(padding: torch.Tensor, window: int) -> None:
-    """generate() on a left-padded batch (a tokenizer's padding=True): chunks are cut at columns,
-    so a row whose left padding is not a multiple of L is chunked differently than its prompt
-    alone (and its outputs differ). Say so instead of silently. (forward() with SleepCollator
-    batches follows the collator's own layout rule and is not checked.)"""
-    real = padding.bool()
-    if real.all():
-        return
-    # Left padding = the zeros before a row's first real token.
-    first_real = torch.where(
-        real.any(dim=1), real.float().argmax(dim=1), torch.zeros_like(real[:, 0], dtype=torch.long)
+def _left_padding(mask: torch.Tensor) -> torch.Tensor:
+    """[B] the number of padding columns before each row's first real token (0 for a row with
+    no real token)."""
+    real = mask.bool()
+    return torch.where(
+        real.any(dim=1), real.to(torch.int8).argmax(dim=1), torch.zeros_like(real[:, 0], dtype=torch.long)
     )
-    shifted = [int(p) for p in first_real.tolist() if p % window]
-    if shifted:
-        warnings.warn(
-            f"left padding of {sorted(set(shifted))} tokens is not a multiple of the window L={window}: "
-            "those rows are cut into chunks at other boundaries than when run alone, so their outputs "
-            "differ. Pad each row to a multiple of L (sleep_retrofit.tasks.SleepCollator lays batches out "
-            "so), or run such rows separately",
-            PaddingShiftsChunksWarning,
-            stacklevel=4,
-        )
+
+
+def _pad_token_id(config: Any, kwargs: dict[str, Any]) -> int:
+    """The id generate() pads finished rows with: pad_token_id, else the (first) eos id, else 0."""
+    for value in (
+        kwargs.get("pad_token_id"),
+        config.pad_token_id,
+        kwargs.get("eos_token_id"),
+        config.eos_token_id,
+    ):
+        if isinstance(value, torch.Tensor):
+            value = value.flatten()[0].item() if value.numel() else None
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    return 0
 
 
 def target_logits(logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -475,21 +475,63 @@ def test_continuing_with_only_the_new_tokens_is_a_clear_error(models):
             )
 
 
-def test_left_padding_off_the_chunk_grid_is_said_not_silent(models):
-    from sleep_retrofit.modeling import PaddingShiftsChunksWarning
+@pytest.mark.parametrize("family", ["llama", "jet_nemotron"])
+def test_generate_gives_every_left_padded_row_what_it_gets_alone(models, family):
+    """A tokenizer's padding=True pads rows by amounts that are not multiples of L: each row
+    is still chunked (and generated) exactly as its prompt alone, whatever it is batched with."""
+    model = models[family]
+    lengths = [2 * L + 3, 2 * L - 1, L + 3, 2 * L + 3 - L]  # pads 0, 4, 8 (a whole chunk), 8
+    width = max(lengths)
+    prompts = [random_ids(1, n, seed=20 + i) for i, n in enumerate(lengths)]
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - prompt.shape[1] :], mask[row, width - prompt.shape[1] :] = prompt[0], 1
+    new = 2 * L + 2  # the rows cross chunk boundaries while generating
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about any more
+        batched = model.generate(
+            ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=0
+        )
+        alone = [model.generate(p, max_new_tokens=new, do_sample=False, pad_token_id=0) for p in prompts]
+    assert batched.shape == (len(lengths), width + new)
+    for row, (prompt, single) in enumerate(zip(prompts, alone, strict=True)):
+        assert torch.equal(batched[row, : width - prompt.shape[1]], ids[row, : width - prompt.shape[1]])
+        assert torch.equal(batched[row, width - prompt.shape[1] :], single[0]), f"row {row}"
 
+    # One group (every row padded by 4 modulo L) keeps the whole output, scores included.
+    with torch.no_grad():
+        out = model.generate(
+            ids[1:2], attention_mask=mask[1:2], max_new_tokens=3, do_sample=False, pad_token_id=0,
+            return_dict_in_generate=True, output_scores=True,
+        )  # fmt: skip
+    assert torch.equal(out.sequences[0, width - lengths[1] :], alone[1][0, : lengths[1] + 3])
+    assert len(out.scores) == 3
+    # Several groups cannot merge per-step scores: said, not guessed.
+    with pytest.raises(ValueError, match="left padding differs modulo the window L=8"):
+        model.generate(
+            ids, attention_mask=mask, max_new_tokens=2, pad_token_id=0, return_dict_in_generate=True
+        )
+
+
+def test_generate_pads_rows_that_finish_early(models):
     model = models["llama"]
-    ids = random_ids(2, 2 * L + 3, seed=15)
-    mask = torch.ones_like(ids)
-    mask[1, :4] = 0  # 4 pads at L = 8: row 1's chunks move
-    with pytest.warns(PaddingShiftsChunksWarning, match=r"left padding of \[4\] tokens .* L=8"):
-        with torch.no_grad():
-            model.generate(ids, attention_mask=mask, max_new_tokens=2, pad_token_id=0)
-    mask[1, :4], mask[1, :L] = 1, 0  # a whole chunk of padding: exact, no warning
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", PaddingShiftsChunksWarning)
-        with torch.no_grad():
-            model.generate(ids, attention_mask=mask, max_new_tokens=2, pad_token_id=0)
+    prompts = [random_ids(1, n, seed=30 + n) for n in (L + 3, L + 1)]
+    ids = torch.zeros(2, L + 3, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    ids[0], mask[0] = prompts[0][0], 1
+    ids[1, 2:], mask[1, 2:] = prompts[1][0], 1
+    with torch.no_grad():
+        first = model.generate(prompts[0], max_new_tokens=1, do_sample=False, pad_token_id=0)
+        eos = int(first[0, -1])  # row 0 stops after one token, row 1 runs on
+        batched = model.generate(
+            ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=eos
+        )
+        alone = model.generate(
+            prompts[1], max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=eos
+        )
+    assert torch.equal(batched[1, 2 : 2 + alone.shape[1]], alone[0])
+    assert batched[0, L + 3] == eos and bool((batched[0, L + 4 :] == 0).all())
 
 
 # ------------------------------------------------------------ CUDA
