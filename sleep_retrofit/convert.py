@@ -112,7 +112,8 @@ def _is_int(value: Any) -> bool:
 def _quiet_transformers(keep_bars: bool = False) -> Iterator[None]:
     """Silence transformers' info/warning logs and, unless `keep_bars`, its own progress bars
     ("Loading weights", "Writing model shards") for the duration; ours report the stages instead.
-    Hub downloads keep their bars (`keep_bars`): a multi-GB download must not look like a hang."""
+    Hub downloads and large local checkpoints keep their bars (`keep_bars`): minutes of loading
+    or a multi-GB download must not look like a hang."""
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
@@ -134,6 +135,10 @@ def _stage_bar(total: int, desc: str, progress: bool) -> tqdm:
 # --------------------------------------------------------------------------------------------- sources
 
 
+# Local weights from this size on keep transformers' per-shard load/save bars during conversion.
+LARGE_CHECKPOINT_BYTES = 1 << 30
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where a base model comes from, with its config (read without loading any weights).
@@ -153,6 +158,16 @@ class ModelSource:
     @property
     def path(self) -> Path | None:
         return Path(self.name) if self.kind == "local" else None
+
+    def shows_loading_bars(self) -> bool:
+        """Whether transformers' own load/save bars should stay on: a Hub download, or local
+        weights large enough (LARGE_CHECKPOINT_BYTES) that loading them takes a while."""
+        if self.kind == "hub":
+            return True
+        if self.path is None:
+            return False
+        weights = [*self.path.glob("*.safetensors"), *self.path.glob("*.bin")]
+        return sum(f.stat().st_size for f in weights if f.is_file()) >= LARGE_CHECKPOINT_BYTES
 
 
 def _source_choices() -> str:
@@ -507,7 +522,7 @@ def convert(
 
     with (
         _stage_bar(5, f"convert {source.name}", progress) as bar,
-        _quiet_transformers(keep_bars=progress and source.kind == "hub"),
+        _quiet_transformers(keep_bars=progress and source.shows_loading_bars()),
     ):
         bar.set_postfix_str("tokenizer")
         tokenizer = _load_tokenizer(source, trust_remote_code)

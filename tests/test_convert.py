@@ -378,3 +378,18 @@ def test_describe_and_load_reject_other_directories(tmp_path, fixtures_dir):
         describe(fixtures_dir / "ouro_tiny")
     with pytest.raises(ConvertError, match="has no config.json"):
         load_converted(tmp_path)
+
+
+def test_large_local_checkpoints_keep_the_loading_bars(tmp_path, monkeypatch):
+    """Converting a multi-GB local checkpoint takes minutes: transformers' own per-shard bars stay
+    on (the stage bar alone would look like a hang); a small one keeps the output to our bar."""
+    import sleep_retrofit.convert as conversion
+
+    base, _ = load_preset("tiny-llama")
+    base.save_pretrained(tmp_path / "base")
+    source = conversion.resolve_source(tmp_path / "base")
+    assert source.kind == "local" and not source.shows_loading_bars()
+    weights = sum(f.stat().st_size for f in (tmp_path / "base").glob("*.safetensors"))
+    monkeypatch.setattr(conversion, "LARGE_CHECKPOINT_BYTES", weights)
+    assert source.shows_loading_bars()
+    assert not conversion.resolve_source("tiny-llama").shows_loading_bars()  # a preset loads nothing

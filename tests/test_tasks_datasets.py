@@ -198,3 +198,37 @@ def test_dataset_dict_with_a_test_config_and_gsm_tokenizer():
 def test_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+class _Terminal:
+    """A stand-in stderr that says it is a terminal (tqdm's auto mode shows bars only there)."""
+
+    def __init__(self):
+        self.text = []
+
+    def write(self, text):
+        self.text.append(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_drawing_a_large_split_shows_progress_on_a_terminal(monkeypatch):
+    import sys
+
+    from sleep_retrofit.tasks import splits
+
+    monkeypatch.setattr(splits, "PROGRESS_MIN_EXAMPLES", 50)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    rows = build_dataset("rule110", "train", 60, width=6, num_strings=2, steps=1)
+    assert len(rows) == 60
+    shown = "".join(terminal.text)
+    assert "rule110 train" in shown and "/60 [" in shown  # counted in examples
+    quiet = _Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    build_dataset("rule110", "train", 40, width=6, num_strings=2, steps=1)  # below the threshold
+    assert "".join(quiet.text) == ""

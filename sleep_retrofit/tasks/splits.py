@@ -90,17 +90,31 @@ def generate_split(
     budget = max_attempts if max_attempts is not None else 200 * num_examples + 10_000
     rows: list[dict[str, Any]] = []
     attempts = 0
-    while len(rows) < num_examples:
-        if attempts >= budget:
-            raise ValueError(
-                f"{task.name}: drew {attempts} candidates but only {len(rows)} of {num_examples} belong to "
-                f"the {split!r} split; the configuration allows too few distinct examples"
-            )
-        attempts += 1
-        draft = task.draft(rng)
-        if split_of_key(task.key(draft)) != split:
-            continue
-        row = task.finish(draft, rng)
-        row["id"] = len(rows)
-        rows.append(row)
+    with _progress(num_examples, f"{task.name} {split}") as bar:
+        while len(rows) < num_examples:
+            if attempts >= budget:
+                raise ValueError(
+                    f"{task.name}: drew {attempts} candidates but only {len(rows)} of {num_examples} belong "
+                    f"to the {split!r} split; the configuration allows too few distinct examples"
+                )
+            attempts += 1
+            draft = task.draft(rng)
+            if split_of_key(task.key(draft)) != split:
+                continue
+            row = task.finish(draft, rng)
+            row["id"] = len(rows)
+            rows.append(row)
+            bar.update()
     return rows
+
+
+# A split of at least this many examples shows a progress bar while it is drawn (on a terminal
+# only: tqdm's auto mode keeps logs, CI and captured output clean).
+PROGRESS_MIN_EXAMPLES = 10_000
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    show = total >= PROGRESS_MIN_EXAMPLES
+    return tqdm(total=total, desc=desc, unit="ex", leave=False, disable=None if show else True)
