@@ -428,6 +428,27 @@ def test_beam_search_scores_equal_teacher_forced_log_probs(models, family, evict
     torch.testing.assert_close(beams.sequences_scores, log_probs, atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+def test_batch_select_and_repeat_keep_each_rows_cache(models, eviction):
+    """transformers' cache-batch operations (contrastive/assisted decoding, num_return_sequences)
+    on a SleepCache mid-chunk: continuing the selected (or repeated) rows equals continuing the
+    whole batch and taking those rows."""
+    model = models["jet_nemotron"]
+    ids = random_ids(3, 2 * L + 5, seed=13)  # 2 evictions, then 5 tokens into the third chunk
+    more = random_ids(3, L, seed=14)  # crosses the next boundary
+    with torch.no_grad():
+        whole = model(ids, eviction=eviction, passes=2)
+        expected = model(more, cache=whole.past_key_values, eviction=eviction, passes=2).logits
+        picked = model(ids, eviction=eviction, passes=2).past_key_values
+        picked.batch_select_indices(torch.tensor([2, 0]))
+        got = model(more[[2, 0]], cache=picked, eviction=eviction, passes=2).logits
+        repeated = model(ids[:1], eviction=eviction, passes=2).past_key_values
+        repeated.batch_repeat_interleave(2)
+        twice = model(more[[0, 0]], cache=repeated, eviction=eviction, passes=2).logits
+    torch.testing.assert_close(got, expected[[2, 0]], atol=ATOL, rtol=ATOL)
+    torch.testing.assert_close(twice, expected[[0, 0]], atol=ATOL, rtol=ATOL)
+
+
 def test_generate_reports_evictions_in_its_cache(models):
     cache = SleepCache()
     with torch.no_grad():
