@@ -107,3 +107,22 @@ def test_bad_overrides_are_one_line_and_exit_2(demo, tmp_path, capsys):
     assert "arms ['distil'] are unknown" in capsys.readouterr().err
     assert demo.main(["--config", str(CONFIG), "passes=[0]"]) == 2
     assert "passes must be a list of ints >= 1" in capsys.readouterr().err
+
+
+def test_the_shipped_config_plans_valid_trainer_configs(demo, tmp_path):
+    from sleep_retrofit.train.config import config_from_dict
+
+    config = demo.load_demo_config(CONFIG, [f"output_dir={tmp_path}"])
+    jobs = demo.plan_jobs(config, tmp_path)
+    trained = [job for job in jobs if job["train"] is not None]
+    # per seed: N = 1, 2, 4 two-stage, stage 2 alone and LoRA at N = 4; plus two base arms
+    assert len(jobs) == len(config["seeds"]) * 7 and len(trained) == len(config["seeds"]) * 5
+    for job in trained:
+        train = config_from_dict(job["train"])
+        assert train.model.passes == job["passes"] and train.model.window == config["convert"]["window"]
+        assert train.stage1.finetune == "fast_weights" and train.stage1.eviction == "hard"
+        assert train.stage2.eviction == "sliding"
+    assert {job["train"]["stage2"]["finetune"] for job in trained} == {"full", "lora"}
+    # the full-attention arm's window reaches over a whole test input
+    full = next(job for job in jobs if job["label"] == "base (full attention)")
+    assert full["window"] >= 4 * 17 + 1 + 4

@@ -13,7 +13,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 
 
 def test_every_shipped_config_loads():
-    files = sorted(CONFIGS.glob("*.yaml"))
+    # retrofit_demo.yaml is the chain's own config (its trainer configs: test_retrofit_demo.py)
+    files = sorted(f for f in CONFIGS.glob("*.yaml") if f.name != "retrofit_demo.yaml")
     assert len(files) >= 6
     for path in files:
         config = load_config(path)
