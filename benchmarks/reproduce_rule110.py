@@ -39,8 +39,9 @@ Independent runs go to parallel subprocesses with one torch thread each (`--jobs
 stage directory, its final model, the evaluation grid's results.json and a summary.json); a
 rerun skips finished jobs and the trainer resumes unfinished ones from their checkpoints.
 `OUT/results.json` (its `summary` list: per (arm, N, difficulty) the metrics' mean, std, min,
-max and per-seed values), `OUT/results.md`, `OUT/accuracy.png`, `OUT/loss.png` (every run's training loss, a panel per
-arm) and, for Rule 110, `OUT/per_string.png` (per-string accuracy per t) collect them.
+max and per-seed values), `OUT/results.md`, `OUT/accuracy.png`, `OUT/loss.png` (every run's
+training loss, a panel per arm) and, for Rule 110, `OUT/per_string.png` (per-string accuracy
+per t) collect them.
 
 Profiles:
 - `cpu`: Rule 110, d = 64, GDN one head of 64 (the toolkit's retention init), 4 strings of
@@ -820,7 +821,8 @@ def plot_per_string(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
             per_seed = list(zip(*row["per_label_accuracy"], strict=True))  # per string: seeds' values
             spread = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_seed]
             strings = range(len(per_seed))
-            ax.errorbar(strings, row["per_label_accuracy_mean"], yerr=spread, marker="o", capsize=2, label=label)
+            mean = row["per_label_accuracy_mean"]
+            ax.errorbar(strings, mean, yerr=spread, marker="o", capsize=2, label=label)
         ax.set_title(f"t = {t}", fontsize=9)
         ax.set_xticks(range(len(rows[0]["per_label_accuracy_mean"])))
         ax.set_xlabel("string (0 = oldest)")
