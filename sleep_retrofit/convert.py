@@ -28,6 +28,7 @@ import statistics
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -369,10 +370,69 @@ def _check_loop_span(loop_span: Any, source: ModelSource) -> tuple[int, int] | N
     return span
 
 
+def _is_checkpoint(directory: Path) -> bool:
+    """A directory that convert (or save_pretrained of a converted model) wrote."""
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("model_type") == SleepRetrofitConfig.model_type
+
+
+def _check_replaceable(path: Path, given: str) -> None:
+    """overwrite replaces only what convert wrote: an empty directory or a sleep-retrofit
+    checkpoint, never the working directory or one of its parents (`--out .`), never a
+    directory of other files (it would be deleted whole)."""
+    cwd = Path.cwd().resolve()
+    if path == cwd or path in cwd.parents:
+        what = "the working directory" if path == cwd else "a parent of the working directory"
+        raise ConvertError(
+            f"--overwrite would delete {given!r}, {what}; nothing was deleted. Give --out a new "
+            "directory or an earlier checkpoint, e.g. --out converted"
+        )
+    entries = sorted(entry.name for entry in path.iterdir())
+    if entries and not _is_checkpoint(path):
+        shown = ", ".join(repr(name) for name in entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise ConvertError(
+            f"--overwrite replaces only a sleep-retrofit checkpoint, and {given!r} is not one (it holds "
+            f"{len(entries)} entries: {shown}); nothing was deleted. Choose another --out"
+        )
+
+
+def _recover_leftovers(out: Path) -> list[str]:
+    """Clean up after a conversion that was killed (SIGKILL, power loss) in `out`'s directory:
+    its staging directories (`.NAME.partial-*`) are deleted; a replaced checkpoint that was
+    moved aside (`.NAME.replaced-*`) is moved back when `out` is missing (the kill came between
+    the two renames), else deleted. Returns what was done, one line each."""
+    done: list[str] = []
+    if not out.parent.is_dir():
+        return done
+    for entry in sorted(out.parent.glob(f".{out.name}.partial-*")):
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+            done.append(f"removed {str(entry)!r}, left by an interrupted conversion")
+    for entry in sorted(out.parent.glob(f".{out.name}.replaced-*")):
+        if not entry.is_dir():
+            continue
+        if not out.exists() and _is_checkpoint(entry):
+            os.replace(entry, out)
+            done.append(f"restored {str(out)!r} from {entry.name!r}, moved aside by an interrupted overwrite")
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+            done.append(f"removed {str(entry)!r}, the old copy of an overwrite that had finished")
+    return done
+
+
 def _check_out(out: Any, overwrite: bool, source: ModelSource) -> Path:
     if not isinstance(out, (str, os.PathLike)) or not os.fspath(out).strip():
         raise ConvertError(f"out must be a directory path, got {out!r}")
     path = Path(out).expanduser().resolve()
+    for line in _recover_leftovers(path):
+        warnings.warn(f"convert: {line}", stacklevel=3)
+    if source.path is not None and (path == source.path or path in source.path.parents):
+        raise ConvertError(
+            f"output {os.fspath(out)!r} would replace the source model {source.name!r}; choose another --out"
+        )
     if path.exists():
         if not path.is_dir():
             raise ConvertError(
@@ -383,10 +443,7 @@ def _check_out(out: Any, overwrite: bool, source: ModelSource) -> Path:
                 f"output directory {os.fspath(out)!r} already exists; pass overwrite (--overwrite) to "
                 f"replace it, or choose another --out"
             )
-    if source.path is not None and (path == source.path or path in source.path.parents):
-        raise ConvertError(
-            f"output {os.fspath(out)!r} would replace the source model {source.name!r}; choose another --out"
-        )
+        _check_replaceable(path, os.fspath(out))
     # The nearest existing ancestor must be a directory we can write into.
     ancestor = path.parent
     while not ancestor.exists():

@@ -132,6 +132,7 @@ def _unsupported(root: Path) -> Path:
 def _taken(root: Path) -> Path:
     directory = root / "taken"
     directory.mkdir()
+    (directory / "notes.txt").write_text("the user's own file")
     return directory
 
 
@@ -184,6 +185,10 @@ BAD_INPUTS = {
     ),
     "loop-span": ([*CONVERT, "--out", "{tmp}/out", "--loop-span", "6", "2"], r"0 <= START < END <= 8"),
     "out-exists": ([*CONVERT, "--out", "{taken}"], r"already exists; pass overwrite \(--overwrite\)"),
+    "overwrite-not-a-checkpoint": (
+        [*CONVERT, "--out", "{taken}", "--overwrite"],
+        r"replaces only a sleep-retrofit checkpoint, and .* is not one .*nothing was deleted",
+    ),
     "no-model": (["convert", "--out", "{tmp}/out"], "the following arguments are required: --model"),
     "info-missing": (["info", "{tmp}/nope"], "is not a directory"),
     "info-not-converted": (

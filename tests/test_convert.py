@@ -274,6 +274,56 @@ def test_existing_output_needs_overwrite(llama_dir, tmp_path):
         convert(llama_dir, tmp_path / "again", progress=False)
 
 
+def test_overwrite_never_deletes_what_convert_did_not_write(tmp_path, monkeypatch):
+    """--overwrite replaces a checkpoint, never a directory of the user's files, never the
+    working directory or its parents (`--out . --overwrite` in a folder of notes)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    for out, message in (
+        (".", "would delete '.', the working directory; nothing was deleted"),
+        ("..", "would delete '..', a parent of the working directory"),
+    ):
+        with pytest.raises(ConvertError, match=message):
+            convert("tiny-llama", out, overwrite=True, progress=False)
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    for name in ("a.pdf", "b.pdf", "c.pdf", "d.pdf"):
+        (papers / name).write_text("x")
+    with pytest.raises(
+        ConvertError, match=r"is not one \(it holds 4 entries: 'a.pdf', 'b.pdf', 'c.pdf', \.\.\.\)"
+    ):
+        convert("tiny-llama", papers, overwrite=True, progress=False)
+    assert (work / "notes.txt").read_text() == "mine" and len(list(papers.iterdir())) == 4
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert convert("tiny-llama", empty, overwrite=True, progress=False) == empty.resolve()
+
+
+def test_leftovers_of_a_killed_conversion_are_recovered(tmp_path):
+    """A SIGKILL leaves a staging directory, or (between the two renames of an overwrite) the
+    old checkpoint moved aside with --out missing: the next run puts the old one back or cleans
+    up, and says so."""
+    out = tmp_path / "out"
+    convert("tiny-llama", out, passes=2, window=32, progress=False)
+    aside = tmp_path / ".out.replaced-1234abcd"
+    os.replace(out, aside)  # killed after the first rename
+    (tmp_path / ".out.partial-zz").mkdir()  # and a staging directory of another killed run
+    with pytest.warns(UserWarning) as caught:
+        with pytest.raises(ConvertError, match="already exists"):
+            convert("tiny-llama", out, progress=False)  # the old one is back, so out exists
+    said = " | ".join(str(w.message) for w in caught)
+    assert "restored" in said and ".out.replaced-1234abcd" in said and ".out.partial-zz" in said
+    assert sorted(os.listdir(tmp_path)) == ["out"] and describe(out)["sleep"]["passes"] == 2
+    # A finished overwrite's old copy left beside a complete --out is deleted.
+    stale = tmp_path / ".out.replaced-99999999"
+    stale.mkdir()
+    with pytest.warns(UserWarning, match="old copy of an overwrite that had finished"):
+        convert("tiny-llama", out, passes=3, window=32, overwrite=True, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["out"] and describe(out)["sleep"]["passes"] == 3
+
+
 def test_unreachable_hub_id_is_a_one_line_error(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError(
