@@ -46,7 +46,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from .modeling import SleepRetrofitConfig, SleepRetrofitForCausalLM
+from .modeling import SleepRetrofitConfig, SleepRetrofitForCausalLM, current_umask
 from .models.registry import ModelFamily, UnsupportedModelError, resolve_family, supported_model_types
 from .presets import PRESETS, is_preset, load_preset, preset_config, preset_tokenizer
 from .retrofit import (
@@ -494,12 +494,6 @@ def _load_base(source: ModelSource, dtype: str, trust_remote_code: bool):
     return model.eval()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _make_parents(path: Path) -> list[Path]:
     """Create the missing ancestors of `path`; return those created, deepest first."""
     created = []
@@ -597,7 +591,7 @@ def convert(
         try:
             staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.partial-", dir=out_path.parent))
             # mkdtemp makes the directory private (0700); the checkpoint should be as mkdir makes it.
-            staging.chmod(0o777 & ~_umask())
+            staging.chmod(0o777 & ~current_umask())
             converted.save_pretrained(staging)
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)

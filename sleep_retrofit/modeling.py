@@ -515,6 +515,10 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         }
         super().save_pretrained(save_directory, *args, **kwargs)
         Path(save_directory, f"{SHIM_MODULE}.py").write_text(_SHIM_SOURCE)
+        # safetensors writes weights through a private temporary file (0600): give them the
+        # permissions every other file of the checkpoint gets (0644 under the usual umask).
+        for weights in Path(save_directory).glob("*.safetensors"):
+            weights.chmod(0o666 & ~current_umask())
 
 
 # The attention implementations that take the engine's masks: a 4-D additive bias that already
@@ -553,6 +557,13 @@ def _ingestion_bar(length: int, window: int):
         leave=False,
         disable=None if show else True,
     )
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _left_padding(mask: torch.Tensor) -> torch.Tensor:

@@ -443,3 +443,17 @@ def test_large_local_checkpoints_keep_the_loading_bars(tmp_path, monkeypatch):
     monkeypatch.setattr(conversion, "LARGE_CHECKPOINT_BYTES", weights)
     assert source.shows_loading_bars()
     assert not conversion.resolve_source("tiny-llama").shows_loading_bars()  # a preset loads nothing
+
+
+def test_every_file_of_a_checkpoint_gets_the_umask_permissions(tmp_path):
+    """safetensors writes through a private temporary file (0600); the weights must be as readable
+    as the config beside them (a shared model directory that only its writer can load is broken)."""
+    from sleep_retrofit.modeling import current_umask
+
+    out = convert("tiny-llama", tmp_path / "out", window=32, progress=False)
+    expected = 0o666 & ~current_umask()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["model.safetensors"] == expected and set(modes.values()) == {expected}, modes
+    model = AutoModelForCausalLM.from_pretrained(out)
+    model.save_pretrained(tmp_path / "saved")  # save_pretrained of a converted model too
+    assert (tmp_path / "saved" / "model.safetensors").stat().st_mode & 0o777 == expected
