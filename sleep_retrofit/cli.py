@@ -144,6 +144,11 @@ def _print_info(info: dict) -> None:
             f"loop body {_loop_span_text(sleep)}",
         ),
         ("tokenizer", "yes" if info["tokenizer"] else "none"),
+        (
+            "weights",
+            f"{info['weights']['tensors']} tensors in {len(info['weights']['files'])} file(s), "
+            f"{info['weights']['bytes'] / 2**20:,.1f} MiB, complete",
+        ),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
@@ -661,24 +662,28 @@ def _read_converted_config(directory: str | os.PathLike) -> tuple[Path, SleepRet
 def describe(directory: str | os.PathLike) -> dict[str, Any]:
     """What a converted checkpoint is, for ``sleep-retrofit info`` (JSON-serialisable).
 
-    Parameters are counted on a meta-device model built from the config (nothing loaded).
+    Parameters are counted on a meta-device model built from the config (nothing loaded); the
+    weight files are checked against it from their headers and sizes (:func:`check_weights`).
 
     Returns:
         ``{"path", "architecture", "model_type", "family", "num_layers", "hidden_size",
         "max_position_embeddings", "dtype", "base_parameters", "added_parameters", "percent_added",
         "parameter_summary", "fast_weights": {"kind", "insert_after", "with_mlp", "num_blocks",
         "mixer_kwargs", "native_layers"}, "sleep": {"passes", "window", "eviction", "loop_span",
-        "loop_span_is_default"}, "tokenizer": bool}``. ``native_layers`` lists the base model's own
-        fast-weight layers (Jet-Nemotron's JetBlocks), ``loop_span`` is [start, end) resolved.
+        "loop_span_is_default"}, "tokenizer": bool, "weights": {"files", "bytes", "tensors"}}``.
+        ``native_layers`` lists the base model's own fast-weight layers (Jet-Nemotron's
+        JetBlocks), ``loop_span`` is [start, end) resolved.
 
     Raises:
-        ConvertError: when the directory is missing or not a converted checkpoint.
+        ConvertError: when the directory is missing or not a converted checkpoint, or its
+            weights are missing, truncated or do not fit its config.
     """
     path, config = _read_converted_config(directory)
     base_config = config.base_config
     family = resolve_family(base_config)
     with torch.device("meta"), _quiet_transformers():
         model = SleepRetrofitForCausalLM(config)
+    weights = check_weights(path, model)
     report = parameter_report(model.base, model.fast_weights)
     plan = config.plan()
     num_layers = base_config.num_hidden_layers
@@ -716,7 +721,79 @@ def describe(directory: str | os.PathLike) -> dict[str, Any]:
             "loop_span_is_default": span is None,
         },
         "tokenizer": _has_tokenizer_files(path),
+        "weights": weights,
     }
+
+
+def _safetensors_header(file: Path) -> dict[str, list[int]]:
+    """{tensor name: shape} from a safetensors file's header, after checking that the file holds
+    every byte the header promises (a truncated copy fails here, without reading the data)."""
+    size = file.stat().st_size
+    with file.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if size >= 8 and length > size - 8 and length < 100 * 2**20:  # a plausible header, cut off
+            raise ConvertError(
+                f"{str(file)!r} is truncated: {size:,} bytes, shorter than its own header; copy or "
+                "convert it again"
+            )
+        raw = handle.read(length) if size >= 8 and length <= size - 8 else b""
+    try:
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a table of tensors")
+        header.pop("__metadata__", None)
+        end = max((int(entry["data_offsets"][1]) for entry in header.values()), default=0)
+        shapes = {name: [int(n) for n in entry["shape"]] for name, entry in header.items()}
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+        raise ConvertError(
+            f"{str(file)!r} is not a readable safetensors file ({error}); convert again"
+        ) from None
+    if 8 + length + end > size:
+        raise ConvertError(
+            f"{str(file)!r} is truncated: {size:,} of {8 + length + end:,} bytes; copy or convert it again"
+        )
+    return shapes
+
+
+def check_weights(directory: Path, model: nn.Module) -> dict[str, Any]:
+    """Check, cheaply (headers and sizes, no tensor read), that a checkpoint's safetensors files
+    are complete and hold every tensor of `model` (a meta-device model of its config) with its
+    shape. Returns {"files", "bytes", "tensors"}; raises ConvertError naming what is wrong."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ConvertError(f"cannot read {str(index)!r} ({_first_line(error)}); convert again") from None
+    else:
+        names = ["model.safetensors"]
+    files = [directory / name for name in names]
+    absent = [f.name for f in files if not f.is_file()]
+    if absent:
+        raise ConvertError(
+            f"{str(directory)!r} lacks its weights ({', '.join(absent)}); copy the whole checkpoint "
+            "directory, or convert again"
+        )
+    stored: dict[str, list[int]] = {}
+    for file in files:
+        stored.update(_safetensors_header(file))
+    expected = model.state_dict(keep_vars=True)  # the tensors themselves: tied ones share an id
+    # Tied tensors (an output head sharing the embedding) are stored once, under any of their names.
+    groups: dict[int, list[str]] = {}
+    for name, tensor in expected.items():
+        groups.setdefault(id(tensor), []).append(name)
+    missing = [names_[0] for names_ in groups.values() if not any(n in stored for n in names_)]
+    wrong = [
+        f"{name} {stored[name]} (the config needs {list(tensor.shape)})"
+        for name, tensor in expected.items()
+        if name in stored and stored[name] != list(tensor.shape)
+    ]
+    if missing or wrong:
+        problem = (
+            f"missing {len(missing)} tensor(s), e.g. {missing[0]}" if missing else f"wrong shape: {wrong[0]}"
+        )
+        raise ConvertError(f"{str(directory)!r} does not match its config.json: {problem}; convert again")
+    return {"files": names, "bytes": sum(f.stat().st_size for f in files), "tensors": len(stored)}
 
 
 # --------------------------------------------------------------------------------------------- generate

@@ -136,6 +136,16 @@ def _taken(root: Path) -> Path:
     return directory
 
 
+def _truncated(root: Path, converted: Path) -> Path:
+    import shutil
+
+    copy = root / "truncated"
+    shutil.copytree(converted, copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return copy
+
+
 CONVERT = ["convert", "--model", "tiny-llama"]
 
 BAD_INPUTS = {
@@ -191,6 +201,7 @@ BAD_INPUTS = {
     ),
     "no-model": (["convert", "--out", "{tmp}/out"], "the following arguments are required: --model"),
     "info-missing": (["info", "{tmp}/nope"], "is not a directory"),
+    "info-truncated-weights": (["info", "{truncated}"], r"model.safetensors' is truncated"),
     "info-not-converted": (
         ["info", "{unsupported}"],
         r"is not a sleep-retrofit checkpoint \(model_type 'gpt2'\)",
@@ -226,6 +237,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, converted, c
         places["unsupported"] = _unsupported(tmp_path)
     if any("{taken}" in a for a in argv):
         places["taken"] = _taken(tmp_path)
+    if any("{truncated}" in a for a in argv):
+        places["truncated"] = _truncated(tmp_path, converted)
     argv = [a.format(**places) for a in argv]
     before, converted_before = _listing(tmp_path), _listing(converted)
     assert run(argv) == 2

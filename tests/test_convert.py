@@ -457,3 +457,45 @@ def test_every_file_of_a_checkpoint_gets_the_umask_permissions(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     model.save_pretrained(tmp_path / "saved")  # save_pretrained of a converted model too
     assert (tmp_path / "saved" / "model.safetensors").stat().st_mode & 0o777 == expected
+
+
+def test_describe_checks_the_weights_cheaply(llama_dir, tmp_path):
+    """`info` must not call a checkpoint fine when its weights are truncated, missing or do not
+    fit its config: headers and sizes are checked, no tensor is read."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    good = describe(llama_dir)["weights"]
+    assert good["files"] == ["model.safetensors"] and good["tensors"] > 0
+    assert good["bytes"] == (llama_dir / "model.safetensors").stat().st_size
+
+    def broken(name: str) -> Path:
+        copy = tmp_path / name
+        shutil.copytree(llama_dir, copy)
+        return copy
+
+    truncated = broken("truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ConvertError, match=r"model.safetensors' is truncated: [\d,]+ of [\d,]+ bytes"):
+        describe(truncated)
+    garbage = broken("garbage")
+    (garbage / "model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(ConvertError, match="is not a readable safetensors file"):
+        describe(garbage)
+    absent = broken("absent")
+    (absent / "model.safetensors").unlink()
+    with pytest.raises(ConvertError, match=r"lacks its weights \(model.safetensors\)"):
+        describe(absent)
+    tensors = load_file(str(llama_dir / "model.safetensors"))
+    dropped = broken("dropped")
+    name = next(n for n in tensors if n.startswith("fast_weights."))
+    save_file({k: v for k, v in tensors.items() if k != name}, str(dropped / "model.safetensors"))
+    with pytest.raises(ConvertError, match=f"missing 1 tensor\\(s\\), e.g. {name}"):
+        describe(dropped)
+    reshaped = broken("reshaped")
+    tensors[name] = torch.zeros(3, 5)
+    save_file(tensors, str(reshaped / "model.safetensors"))
+    with pytest.raises(ConvertError, match=f"wrong shape: {name} \\[3, 5\\]"):
+        describe(reshaped)
