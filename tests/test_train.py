@@ -171,6 +171,22 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
         assert torch.equal(after[name], straight[name]), name
 
 
+@pytest.mark.parametrize("crash_after", [8, 17])  # 8 batches an epoch: step 8 ends one, 16 the next
+def test_resume_is_bit_exact_across_epoch_boundaries(tmp_path, crash_after):
+    """A checkpoint taken at the last step of an epoch (8 batches of 8 of 64 examples) must
+    resume into the same data order as the uninterrupted run (the epoch was advanced twice)."""
+    changes = {"stages": ["stage1"], "stage1__max_steps": 18, "save_every": 4}
+    straight = _run_to_completion(tiny(tmp_path, "straight", **changes))
+    config = tiny(tmp_path, "resumed", **changes)
+    (partial,) = train(config, stop_after=crash_after)
+    assert partial.steps == crash_after
+    (resumed,) = train(config)
+    assert resumed.resumed_from is not None
+    after = weights(resumed.directory / "model")
+    for name in straight:
+        assert torch.equal(after[name], straight[name]), name
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path):
     straight = _run_to_completion(tiny(tmp_path, "straight", stages=["stage1"], stage1__max_steps=6))
     config = tiny(tmp_path, "corrupt", stages=["stage1"], stage1__max_steps=6)

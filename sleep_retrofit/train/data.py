@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -33,19 +33,26 @@ class FeatureDataset(Dataset):
 
 class EpochShuffleSampler(Sampler[int]):
     """A permutation of the dataset drawn from (seed, epoch): the order of an epoch depends on
-    nothing else, so a resumed run sees exactly the batches an uninterrupted one would."""
+    nothing else, so a resumed run sees exactly the batches an uninterrupted one would.
 
-    def __init__(self, size: int, seed: int):
+    `epoch_of`: where the epoch comes from (the trainer passes its progress counter). Then
+    ``set_epoch`` calls are ignored: Accelerate's prepared loaders call it at every iteration
+    with their own count of iterations in this process, which restarts at 0 in a resumed run."""
+
+    def __init__(self, size: int, seed: int, epoch_of: Callable[[], int] | None = None):
         self.size, self.seed, self.epoch = size, seed, 0
+        self.epoch_of = epoch_of
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        if self.epoch_of is None:
+            self.epoch = epoch
 
     def __len__(self) -> int:
         return self.size
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        epoch = self.epoch_of() if self.epoch_of is not None else self.epoch
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 

@@ -244,7 +244,9 @@ def run_stage(
     torch.manual_seed(config.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collator = SleepCollator(window, pad_id)
-    sampler = EpochShuffleSampler(len(train_rows), config.seed)
+    progress = TrainingProgress()
+    # The data order follows the loop's own epoch count (see EpochShuffleSampler).
+    sampler = EpochShuffleSampler(len(train_rows), config.seed, epoch_of=lambda: progress.epoch)
     loader = DataLoader(
         FeatureDataset(train_rows), batch_size=config.batch_size, sampler=sampler, collate_fn=collator
     )
@@ -263,7 +265,6 @@ def run_stage(
     total_steps = stage.max_steps or max(1, math.ceil(stage.epochs * steps_per_epoch))
     factor = warmup_cosine(total_steps, stage.warmup_steps, stage.min_lr_ratio)
     schedules = _Schedules([torch.optim.lr_scheduler.LambdaLR(o.optimizer, factor) for o in optimizers])
-    progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress, schedules)
 
     resumed_from = None
@@ -326,7 +327,6 @@ def run_stage(
         accelerator.wait_for_everyone()
 
     while progress.step < total_steps and not (stop_after is not None and progress.step >= stop_after):
-        sampler.set_epoch(progress.epoch)
         skip = progress.batch
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch in batches:
@@ -378,7 +378,12 @@ def run_stage(
             if progress.step >= total_steps or (stop_after is not None and progress.step >= stop_after):
                 break
         else:
-            progress.epoch, progress.batch = progress.epoch + 1, 0
+            # The loader ran out: the epoch's last step has already advanced the epoch (and a
+            # checkpoint taken there says so); advancing it again here would make a resumed run
+            # read another epoch's order than the uninterrupted one. Only a loader that ended
+            # without that (a length mismatch) is moved on here.
+            if progress.batch:
+                progress.epoch, progress.batch = progress.epoch + 1, 0
     bar.close()
 
     if progress.step < total_steps:  # stopped early on purpose (stop_after): not finished
