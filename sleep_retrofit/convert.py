@@ -25,9 +25,7 @@ import os
 import re
 import shutil
 import statistics
-import tempfile
 import time
-import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,9 +45,10 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from .modeling import SleepRetrofitConfig, SleepRetrofitForCausalLM, current_umask
+from .modeling import SleepRetrofitConfig, SleepRetrofitForCausalLM
 from .models.registry import ModelFamily, UnsupportedModelError, resolve_family, supported_model_types
 from .presets import PRESETS, is_preset, load_preset, preset_config, preset_tokenizer
+from .publish import recover_leftovers, replace_directory, staging_directory
 from .retrofit import (
     FAST_WEIGHT_KINDS,
     FastWeightPlan,
@@ -371,7 +370,7 @@ def _check_loop_span(loop_span: Any, source: ModelSource) -> tuple[int, int] | N
     return span
 
 
-def _is_checkpoint(directory: Path) -> bool:
+def is_converted_checkpoint(directory: Path) -> bool:
     """A directory that convert (or save_pretrained of a converted model) wrote."""
     try:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
@@ -392,7 +391,7 @@ def _check_replaceable(path: Path, given: str) -> None:
             "directory or an earlier checkpoint, e.g. --out converted"
         )
     entries = sorted(entry.name for entry in path.iterdir())
-    if entries and not _is_checkpoint(path):
+    if entries and not is_converted_checkpoint(path):
         shown = ", ".join(repr(name) for name in entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise ConvertError(
             f"--overwrite replaces only a sleep-retrofit checkpoint, and {given!r} is not one (it holds "
@@ -400,35 +399,11 @@ def _check_replaceable(path: Path, given: str) -> None:
         )
 
 
-def _recover_leftovers(out: Path) -> list[str]:
-    """Clean up after a conversion that was killed (SIGKILL, power loss) in `out`'s directory:
-    its staging directories (`.NAME.partial-*`) are deleted; a replaced checkpoint that was
-    moved aside (`.NAME.replaced-*`) is moved back when `out` is missing (the kill came between
-    the two renames), else deleted. Returns what was done, one line each."""
-    done: list[str] = []
-    if not out.parent.is_dir():
-        return done
-    for entry in sorted(out.parent.glob(f".{out.name}.partial-*")):
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-            done.append(f"removed {str(entry)!r}, left by an interrupted conversion")
-    for entry in sorted(out.parent.glob(f".{out.name}.replaced-*")):
-        if not entry.is_dir():
-            continue
-        if not out.exists() and _is_checkpoint(entry):
-            os.replace(entry, out)
-            done.append(f"restored {str(out)!r} from {entry.name!r}, moved aside by an interrupted overwrite")
-        else:
-            shutil.rmtree(entry, ignore_errors=True)
-            done.append(f"removed {str(entry)!r}, the old copy of an overwrite that had finished")
-    return done
-
-
 def _check_out(out: Any, overwrite: bool, source: ModelSource) -> Path:
     if not isinstance(out, (str, os.PathLike)) or not os.fspath(out).strip():
         raise ConvertError(f"out must be a directory path, got {out!r}")
     path = Path(out).expanduser().resolve()
-    for line in _recover_leftovers(path):
+    for line in recover_leftovers(path, is_converted_checkpoint):
         warnings.warn(f"convert: {line}", stacklevel=3)
     if source.path is not None and (path == source.path or path in source.path.parents):
         raise ConvertError(
@@ -590,15 +565,17 @@ def convert(
         created = _make_parents(out_path)
         staging = None
         try:
-            staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.partial-", dir=out_path.parent))
-            # mkdtemp makes the directory private (0700); the checkpoint should be as mkdir makes it.
-            staging.chmod(0o777 & ~current_umask())
+            staging = staging_directory(out_path)
             converted.save_pretrained(staging)
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)
             bar.update()
             bar.set_postfix_str("finish")
-            _move_into_place(staging, out_path, overwrite)
+            if out_path.exists() and not overwrite:  # it appeared while we were converting
+                raise ConvertError(
+                    f"output directory {str(out_path)!r} appeared during the conversion; nothing was replaced"
+                )
+            replace_directory(staging, out_path)
             bar.update()
         except BaseException:  # KeyboardInterrupt too: never leave a partial checkpoint behind
             if staging is not None:
@@ -606,29 +583,6 @@ def convert(
             _remove_empty(created)
             raise
     return out_path
-
-
-def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished `staging` directory to `out`, replacing an existing `out` only now.
-
-    Two renames on the same filesystem: the old directory is moved aside, the new one takes its
-    name, and the old one is deleted; if the second rename fails the old one is put back.
-    """
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    if not overwrite:  # it appeared while we were converting
-        raise ConvertError(
-            f"output directory {str(out)!r} appeared during the conversion; nothing was replaced"
-        )
-    aside = out.parent / f".{out.name}.replaced-{uuid.uuid4().hex[:8]}"
-    os.replace(out, aside)
-    try:
-        os.replace(staging, out)
-    except BaseException:
-        os.replace(aside, out)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------- describe
@@ -725,16 +679,23 @@ def describe(directory: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def _safetensors_header(file: Path) -> dict[str, list[int]]:
+class UnreadableWeightsError(ValueError):
+    """A safetensors file that is cut short or is not safetensors at all."""
+
+
+def read_safetensors_header(file: Path) -> dict[str, list[int]]:
     """{tensor name: shape} from a safetensors file's header, after checking that the file holds
-    every byte the header promises (a truncated copy fails here, without reading the data)."""
+    every byte the header promises (a truncated copy fails here, without reading the data).
+
+    Raises:
+        UnreadableWeightsError: naming the file and what is wrong with it.
+    """
     size = file.stat().st_size
     with file.open("rb") as handle:
         length = int.from_bytes(handle.read(8), "little")
         if size >= 8 and length > size - 8 and length < 100 * 2**20:  # a plausible header, cut off
-            raise ConvertError(
-                f"{str(file)!r} is truncated: {size:,} bytes, shorter than its own header; copy or "
-                "convert it again"
+            raise UnreadableWeightsError(
+                f"{str(file)!r} is truncated: {size:,} bytes, shorter than its own header"
             )
         raw = handle.read(length) if size >= 8 and length <= size - 8 else b""
     try:
@@ -745,13 +706,9 @@ def _safetensors_header(file: Path) -> dict[str, list[int]]:
         end = max((int(entry["data_offsets"][1]) for entry in header.values()), default=0)
         shapes = {name: [int(n) for n in entry["shape"]] for name, entry in header.items()}
     except (ValueError, KeyError, TypeError, IndexError) as error:
-        raise ConvertError(
-            f"{str(file)!r} is not a readable safetensors file ({error}); convert again"
-        ) from None
+        raise UnreadableWeightsError(f"{str(file)!r} is not a readable safetensors file ({error})") from None
     if 8 + length + end > size:
-        raise ConvertError(
-            f"{str(file)!r} is truncated: {size:,} of {8 + length + end:,} bytes; copy or convert it again"
-        )
+        raise UnreadableWeightsError(f"{str(file)!r} is truncated: {size:,} of {8 + length + end:,} bytes")
     return shapes
 
 
@@ -776,7 +733,10 @@ def check_weights(directory: Path, model: nn.Module) -> dict[str, Any]:
         )
     stored: dict[str, list[int]] = {}
     for file in files:
-        stored.update(_safetensors_header(file))
+        try:
+            stored.update(read_safetensors_header(file))
+        except UnreadableWeightsError as error:
+            raise ConvertError(f"{error}; copy or convert it again") from None
     expected = model.state_dict(keep_vars=True)  # the tensors themselves: tied ones share an id
     # Tied tensors (an output head sharing the embedding) are stored once, under any of their names.
     groups: dict[int, list[str]] = {}

@@ -24,6 +24,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .models.loading import StrictLoadingMixin
 from .models.registry import resolve_family
+from .publish import current_umask
 from .retrofit import (
     RETENTION_HORIZON_CHUNKS,
     FastWeightBlock,
@@ -557,13 +558,6 @@ def _ingestion_bar(length: int, window: int):
         leave=False,
         disable=None if show else True,
     )
-
-
-def current_umask() -> int:
-    """The process's file-creation mask (reading it means setting it: set it straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _left_padding(mask: torch.Tensor) -> torch.Tensor:

@@ -319,7 +319,7 @@ def test_leftovers_of_a_killed_conversion_are_recovered(tmp_path):
     # A finished overwrite's old copy left beside a complete --out is deleted.
     stale = tmp_path / ".out.replaced-99999999"
     stale.mkdir()
-    with pytest.warns(UserWarning, match="old copy of an overwrite that had finished"):
+    with pytest.warns(UserWarning, match="old copy of a replace that had finished"):
         convert("tiny-llama", out, passes=3, window=32, overwrite=True, progress=False)
     assert sorted(os.listdir(tmp_path)) == ["out"] and describe(out)["sleep"]["passes"] == 3
 
@@ -448,7 +448,7 @@ def test_large_local_checkpoints_keep_the_loading_bars(tmp_path, monkeypatch):
 def test_every_file_of_a_checkpoint_gets_the_umask_permissions(tmp_path):
     """safetensors writes through a private temporary file (0600); the weights must be as readable
     as the config beside them (a shared model directory that only its writer can load is broken)."""
-    from sleep_retrofit.modeling import current_umask
+    from sleep_retrofit.publish import current_umask
 
     out = convert("tiny-llama", tmp_path / "out", window=32, progress=False)
     expected = 0o666 & ~current_umask()

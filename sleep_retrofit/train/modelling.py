@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..convert import is_converted_checkpoint
 from ..modeling import SleepRetrofitForCausalLM
 from ..sleep import SleepSettings
 from .config import ConfigError, LoraConfig, TrainConfig
@@ -23,16 +23,6 @@ __all__ = [
 ]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def _is_converted(path: Path) -> bool:
-    config = path / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == "sleep_retrofit"
-    except json.JSONDecodeError:
-        return False
 
 
 def _toy_vocab_size(config: TrainConfig) -> int:
@@ -101,7 +91,7 @@ def build_model(config: TrainConfig, init_from: Path | None = None) -> tuple[Sle
         return SleepRetrofitForCausalLM.from_base(base, plan=plan, settings=settings), tokenizer
 
     path = Path(source).expanduser()
-    if path.exists() and _is_converted(path):
+    if path.exists() and is_converted_checkpoint(path):
         model = AutoModelForCausalLM.from_pretrained(
             str(path), passes=settings.passes, window=settings.window, eviction=settings.eviction, dtype=dtype
         )
