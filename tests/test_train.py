@@ -193,12 +193,122 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path):
     (partial,) = train(config, stop_after=5)
     latest = find_checkpoints(partial.directory)[-1]
     (latest / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.warns(UserWarning, match="corrupt or incomplete.*falling back"):
+    with pytest.warns(UserWarning, match="corrupt or incomplete.*; resuming from checkpoint_0 instead"):
         (resumed,) = train(config)
     assert resumed.resumed_from is not None and resumed.resumed_from.name == "checkpoint_0"
     after = weights(resumed.directory / "model")
     for name in straight:  # resumed from step 2 and recomputed steps 3..6: same result
         assert torch.equal(after[name], straight[name]), name
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
+
+
+def test_a_changed_config_on_resume_is_refused_and_deletes_nothing(tmp_path):
+    config = tiny(tmp_path, "run", stages=["stage1"], stage1__max_steps=6, save_total_limit=1)
+    (partial,) = train(config, stop_after=5)
+    before = _files(partial.directory / "checkpoints")
+    changed = tiny(
+        tmp_path, "run", stages=["stage1"], stage1__max_steps=6, save_total_limit=1, model__hidden_size=16
+    )
+    with pytest.raises(
+        ConfigError, match=r"another config \(model.hidden_size 32 -> 16\); nothing was deleted"
+    ):
+        train(changed)
+    assert _files(partial.directory / "checkpoints") == before
+    # what says how to log or save may change: the run resumes
+    (resumed,) = train(tiny(tmp_path, "run", stages=["stage1"], stage1__max_steps=6, log_every=3))
+    assert resumed.resumed_from is not None and resumed.steps == 6
+
+
+def test_a_half_written_only_checkpoint_leaves_the_model_untouched(tmp_path):
+    """The only checkpoint's optimizer file is cut short: nothing of it may reach the model (the
+    weights were loaded before the optimiser failed); the stage starts again from step 0 and
+    ends exactly as an uninterrupted run, and the warning says so."""
+    changes = {"stages": ["stage1"], "stage1__max_steps": 6, "save_every": 4}
+    straight = _run_to_completion(tiny(tmp_path, "straight", **changes))
+    config = tiny(tmp_path, "cut", **changes)
+    (partial,) = train(config, stop_after=5)
+    (only,) = find_checkpoints(partial.directory)
+    optimizer = only / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[: optimizer.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="no earlier checkpoint: the stage starts again from step 0"):
+        (resumed,) = train(config)
+    assert resumed.resumed_from is None
+    after = weights(resumed.directory / "model")
+    for name in straight:
+        assert torch.equal(after[name], straight[name]), name
+
+
+def test_a_killed_save_never_costs_the_last_complete_checkpoint(tmp_path, monkeypatch):
+    """save_total_limit=1: the old checkpoint is deleted only once the new one is complete, so a
+    crash in the middle of a save leaves the previous checkpoint, and the next run resumes from it."""
+    from accelerate import Accelerator
+
+    config = tiny(tmp_path, "run", stages=["stage1"], stage1__max_steps=6, save_total_limit=1)
+    real = Accelerator.save_state
+    calls = []
+
+    def crash_on_second(self, output_dir=None, **kwargs):
+        calls.append(output_dir)
+        if len(calls) == 2:
+            real(self, output_dir, **kwargs)  # written, but not yet renamed into place
+            raise KeyboardInterrupt
+        return real(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    monkeypatch.setattr(Accelerator, "save_state", real)
+    stage = Path(config.output_dir) / "stage1"
+    assert [p.name for p in find_checkpoints(stage)] == ["checkpoint_0"]
+    assert Path(calls[1]).name == ".checkpoint_1.partial"
+    (resumed,) = train(config)
+    assert resumed.resumed_from.name == "checkpoint_0" and resumed.steps == 6
+    assert not list((stage / "checkpoints").glob(".*"))  # the killed save's leftovers are gone
+
+
+def test_checkpoints_hold_no_pickle_of_ours_and_resume_runs_none(tmp_path):
+    """The loop's own state is JSON; a pickle planted in a checkpoint (Accelerate would load a
+    registered object's custom_checkpoint_*.pkl with weights_only=False) is never executed."""
+    import pickle
+
+    config = tiny(tmp_path, "run", stages=["stage1"], stage1__max_steps=6)
+    (partial,) = train(config, stop_after=5)
+    latest = find_checkpoints(partial.directory)[-1]
+    assert json.loads((latest / "trainer_state.json").read_text())["progress"]["step"] == 4
+    assert not list(latest.glob("custom_checkpoint_*"))
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "ran"))
+
+    (latest / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Payload()))
+    with pytest.warns(UserWarning, match="custom_checkpoint_0.pkl is not written by this trainer"):
+        (resumed,) = train(config)
+    assert resumed.resumed_from.name == "checkpoint_0" and not marker.exists()
+
+
+def test_publishing_the_final_model_recovers_from_a_kill(tmp_path):
+    """A kill between the two renames of a publish leaves output_dir/model missing and the old
+    one aside; a kill while copying leaves a staging directory. The next run puts the old model
+    back or cleans up (and says so), then publishes by rename: the model is never missing."""
+    config = tiny(tmp_path, "run", stages=["stage1"], stage1__max_steps=2)
+    train(config)
+    out = Path(config.output_dir)
+    published = _files(out / "model")
+    (out / "model").rename(out / ".model.replaced-0000beef")
+    (out / ".model.partial-dead").mkdir()
+    with pytest.warns(UserWarning) as caught:
+        train(config)  # the stage is done: only the publish runs again
+    said = " | ".join(str(w.message) for w in caught)
+    assert "restored" in said and ".model.partial-dead" in said
+    assert sorted(p.name for p in out.iterdir()) == ["model", "stage1"]
+    assert _files(out / "model") == published
 
 
 def test_bad_inputs_fail_before_any_step(tmp_path):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -32,7 +33,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..convert import is_converted_checkpoint
+from ..publish import recover_leftovers, replace_directory, staging_directory
 from ..tasks import SleepCollator
+from .checkpoints import check_resumable, find_checkpoints, load_latest, save_checkpoint
 from .config import STAGES, ConfigError, StageConfig, TrainConfig
 from .data import EpochShuffleSampler, FeatureDataset, build_rows, training_tokenizer
 from .evaluate import evaluate_model
@@ -54,8 +58,8 @@ LOG_FILE = "log.jsonl"
 
 
 class TrainingProgress:
-    """Where the loop is: optimiser steps done, the epoch and the batches consumed in it.
-    Registered with Accelerate so save_state / load_state carry it."""
+    """Where the loop is: optimiser steps done, the epoch and the batches consumed in it
+    (saved with every checkpoint as JSON, see checkpoints.py)."""
 
     def __init__(self) -> None:
         self.step = 0
@@ -117,37 +121,6 @@ def training_loss(model: nn.Module, batch: dict[str, torch.Tensor], passes: int,
     return output.loss
 
 
-def find_checkpoints(stage_dir: Path) -> list[Path]:
-    """The stage's ``checkpoint_<i>`` directories, oldest first."""
-    root = Path(stage_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        if (
-            path.is_dir()
-            and path.name.startswith("checkpoint_")
-            and path.name[len("checkpoint_") :].isdigit()
-        ):
-            found.append(path)
-    return sorted(found, key=lambda p: int(p.name[len("checkpoint_") :]))
-
-
-def _load_latest_good(accelerator: Any, stage_dir: Path) -> Path | None:
-    """Load the newest checkpoint that reads back; a corrupt one is skipped with a warning."""
-    for path in reversed(find_checkpoints(stage_dir)):
-        try:
-            accelerator.load_state(str(path))
-            return path
-        except Exception as err:  # noqa: BLE001 - any unreadable file means "try the previous one"
-            warnings.warn(
-                f"checkpoint {path} is corrupt or incomplete ({type(err).__name__}: {err}); "
-                "falling back to the previous checkpoint",
-                stacklevel=2,
-            )
-    return None
-
-
 def _tensorboard_available() -> bool:
     try:
         import tensorboard  # noqa: F401
@@ -169,12 +142,9 @@ def _accelerator(config: TrainConfig, stage_dir: Path):
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import ProjectConfiguration
 
-    project = ProjectConfiguration(
-        project_dir=str(stage_dir),
-        logging_dir=str(stage_dir / "tensorboard"),
-        automatic_checkpoint_naming=True,
-        total_limit=config.save_total_limit,
-    )
+    # Checkpoint names and rotation are ours (checkpoints.py): Accelerate's rotation deletes the
+    # oldest checkpoint before the new one is written.
+    project = ProjectConfiguration(project_dir=str(stage_dir), logging_dir=str(stage_dir / "tensorboard"))
     return Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
@@ -265,14 +235,15 @@ def run_stage(
     total_steps = stage.max_steps or max(1, math.ceil(stage.epochs * steps_per_epoch))
     factor = warmup_cosine(total_steps, stage.warmup_steps, stage.min_lr_ratio)
     schedules = _Schedules([torch.optim.lr_scheduler.LambdaLR(o.optimizer, factor) for o in optimizers])
-    accelerator.register_for_checkpointing(progress, schedules)
 
     resumed_from = None
     if config.resume:
-        resumed_from = _load_latest_good(accelerator, stage_dir)
-    existing = find_checkpoints(stage_dir)
-    # Never reuse a checkpoint number, even one that was corrupt.
-    accelerator.project_configuration.iteration = int(existing[-1].name.split("_")[-1]) + 1 if existing else 0
+        check_resumable(stage_dir, config)
+        loaded = load_latest(accelerator, stage_dir)
+        if loaded is not None:
+            resumed_from, state = loaded
+            progress.load_state_dict(state["progress"])
+            schedules.load_state_dict(state["schedules"])
 
     log_path = stage_dir / LOG_FILE
     main = accelerator.is_main_process
@@ -372,7 +343,8 @@ def run_stage(
                         {"train/loss": mean_loss, "train/lr": record["lr"][0]}, step=progress.step
                     )
             if progress.step % config.save_every == 0 and progress.step < total_steps:
-                accelerator.save_state()
+                state = {"progress": progress.state_dict(), "schedules": schedules.state_dict()}
+                save_checkpoint(accelerator, stage_dir, state, config.save_total_limit)
             if config.eval_every and progress.step % config.eval_every == 0 and progress.step < total_steps:
                 evaluate(progress.step)
             if progress.step >= total_steps or (stop_after is not None and progress.step >= stop_after):
@@ -439,17 +411,20 @@ def _total_steps_hint(result: StageResult) -> int:
 def _publish_final(source: Path, target: Path, *, cpu: bool) -> None:
     """Copy the last stage's model to ``{output_dir}/model``: the main process only (with the
     same cpu flag as the Accelerator, or on a CPU group every rank would be "main" and race),
-    into a temporary directory renamed into place, so a reader never sees half a model."""
-    import shutil
-
+    into a staging directory renamed into place (the old model moved aside first, deleted only
+    once the new one is there), so a reader never sees half a model and a kill loses neither.
+    Leftovers of a killed publish are cleaned (or the old model put back) first, with a warning."""
     from accelerate import PartialState
 
     state = PartialState(cpu=cpu)
     if state.is_main_process and source.is_dir():
-        staging = target.with_name(f".{target.name}.publishing")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source, staging)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        for line in recover_leftovers(target, is_converted_checkpoint):
+            warnings.warn(f"publishing {target}: {line}", stacklevel=3)
+        staging = staging_directory(target)
+        try:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+            replace_directory(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     state.wait_for_everyone()
