@@ -224,6 +224,41 @@ def test_a_changed_config_on_resume_is_refused_and_deletes_nothing(tmp_path):
     assert resumed.resumed_from is not None and resumed.steps == 6
 
 
+def test_a_finished_stage_is_not_skipped_under_another_config(tmp_path):
+    config = tiny(tmp_path, "run", stages=["stage1"], stage1__max_steps=2)
+    train(config)
+    moved = tiny(
+        tmp_path, "run", stages=["stage1"], stage1__max_steps=2, seed=7, model__source="/nonexistent"
+    )
+    with pytest.raises(
+        ConfigError, match=r"stage1 in .* finished under another config \(model.source 'toy' -> "
+    ):
+        train(moved)
+    # adding stage 2 (or changing only its section) keeps stage 1 done
+    (first, second) = train(
+        tiny(tmp_path, "run", stages=["stage1", "stage2"], stage1__max_steps=2, stage2__max_steps=2)
+    )
+    assert first.skipped and not second.skipped and second.steps == 2
+
+
+def test_a_diverging_run_stops_before_the_update_and_keeps_its_checkpoint(tmp_path):
+    from sleep_retrofit.train import TrainingDiverged
+
+    config = tiny(
+        tmp_path, "run", stages=["stage1"], stage1__max_steps=6, stage1__adamw_lr=1e30, stage1__muon_lr=1e30
+    )
+    with pytest.raises(TrainingDiverged, match=r"stage1: the (loss|gradient norm) is (nan|inf) at step \d+"):
+        train(config)
+    out = Path(config.output_dir)
+    assert not (out / "model").exists() and not (out / "stage1" / "model").exists()
+    for checkpoint in find_checkpoints(out / "stage1"):
+        assert all(bool(torch.isfinite(t).all()) for t in weights(checkpoint).values())
+    log = (out / "stage1" / "log.jsonl").read_text()
+    assert "NaN" not in log and "Infinity" not in log  # the log stays valid JSON
+    with pytest.raises(ConfigError, match="adamw_lr must be a finite number >= 0, got inf"):
+        tiny(tmp_path, "inf", stage1__adamw_lr=float("inf"))
+
+
 def test_a_half_written_only_checkpoint_leaves_the_model_untouched(tmp_path):
     """The only checkpoint's optimizer file is cut short: nothing of it may reach the model (the
     weights were loaded before the optimiser failed); the stage starts again from step 0 and

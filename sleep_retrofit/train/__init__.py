@@ -8,12 +8,13 @@
 
 from .config import ConfigError, TrainConfig, load_config
 from .optim import build_optimizers, split_parameters, warmup_cosine
-from .trainer import StageResult, find_checkpoints, run_stage, train, training_loss
+from .trainer import StageResult, TrainingDiverged, find_checkpoints, run_stage, train, training_loss
 
 __all__ = [
     "ConfigError",
     "StageResult",
     "TrainConfig",
+    "TrainingDiverged",
     "build_optimizers",
     "find_checkpoints",
     "load_config",

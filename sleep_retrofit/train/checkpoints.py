@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig
+from .config import STAGES, ConfigError, TrainConfig
 
 __all__ = ["check_resumable", "find_checkpoints", "load_latest", "save_checkpoint"]
 
@@ -78,26 +78,35 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def check_resumable(stage_dir: Path, config: TrainConfig) -> None:
-    """Refuse to resume a stage whose checkpoints were made under another config (ConfigError
-    naming the differing keys); a stage without checkpoints may start with any config."""
+def check_resumable(stage_dir: Path, config: TrainConfig, *, finished: bool = False) -> None:
+    """Refuse to resume, or to skip as done, a stage whose checkpoints or result were made under
+    another config (ConfigError naming the differing keys). Compared: what decides the stage's
+    training (model, data, the loop's settings and this stage's own section), not how it is
+    logged, saved or evaluated, and not which other stages run. A stage without checkpoints or
+    result may start with any config."""
     saved = stage_dir / CONFIG_FILE
-    if not find_checkpoints(stage_dir) or not saved.is_file():
+    if not (finished or find_checkpoints(stage_dir)) or not saved.is_file():
         return
     try:
         before = _flatten(json.loads(saved.read_text(encoding="utf-8")))
     except (OSError, ValueError):
         return  # an unreadable record of the old config: the checkpoints' own check decides
     now = _flatten(json.loads(json.dumps(config.to_dict(), default=str)))
+    stage = stage_dir.name
+    other_stages = tuple(f"{name}." for name in STAGES if name != stage)
     changed = [
         f"{key} {before.get(key)!r} -> {now.get(key)!r}"
         for key in sorted(set(before) | set(now))
-        if key not in RESUME_FREE_KEYS and before.get(key) != now.get(key)
+        if key not in RESUME_FREE_KEYS
+        and key != "stages"
+        and not key.startswith(other_stages)
+        and before.get(key) != now.get(key)
     ]
     if changed:
         shown = ", ".join(changed[:4]) + (f" (+{len(changed) - 4} more)" if len(changed) > 4 else "")
+        what = "finished" if finished else "has checkpoints"
         raise ConfigError(
-            f"{stage_dir} has checkpoints of a run with another config ({shown}); nothing was deleted. "
+            f"{stage} in {stage_dir.parent} {what} under another config ({shown}); nothing was deleted. "
             "Rerun with the old values to resume, or give a new output_dir to start afresh"
         )
 

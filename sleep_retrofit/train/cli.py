@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config
-from .trainer import train
+from .trainer import TrainingDiverged, train
 
 
 def main(task: str, argv: list[str] | None = None) -> int:
@@ -27,6 +27,9 @@ def main(task: str, argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     from accelerate import PartialState
 
     if not PartialState().is_main_process:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,7 +290,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool: YAML's yes/no; not nan/inf: `lr=.inf` trains to NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -401,7 +403,7 @@ def validate(config: TrainConfig) -> None:
         for key in ("muon_lr", "adamw_lr"):
             value = getattr(stage, key)
             if not _is_number(value) or value < 0:
-                raise ConfigError(f"{prefix}{key} must be a number >= 0, got {value!r}")
+                raise ConfigError(f"{prefix}{key} must be a finite number >= 0, got {value!r}")
         if not _is_number(stage.weight_decay) or stage.weight_decay < 0:
             raise ConfigError(f"{prefix}weight_decay must be >= 0, got {stage.weight_decay!r}")
         if not _is_int(stage.warmup_steps) or stage.warmup_steps < 0:

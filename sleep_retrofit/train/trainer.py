@@ -50,7 +50,14 @@ from .modelling import (
 )
 from .optim import build_optimizers, warmup_cosine
 
-__all__ = ["StageResult", "TrainingProgress", "find_checkpoints", "train", "training_loss"]
+__all__ = [
+    "StageResult",
+    "TrainingDiverged",
+    "TrainingProgress",
+    "find_checkpoints",
+    "train",
+    "training_loss",
+]
 
 MODEL_DIR = "model"
 DONE_FILE = "training_complete.json"
@@ -121,6 +128,20 @@ def training_loss(model: nn.Module, batch: dict[str, torch.Tensor], passes: int,
     return output.loss
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients became NaN or infinite: training stopped before the update."""
+
+
+def _diverged(stage: str, what: str, value: float, step: int, stage_dir: Path) -> str:
+    kept = find_checkpoints(stage_dir)
+    last = f"the last checkpoint ({kept[-1].name}) is kept" if kept else "no checkpoint was written yet"
+    return (
+        f"{stage}: the {what} is {value} at step {step}, so training stopped before updating the "
+        f"weights; {last} and nothing was published. Lower the learning rate (or check the data) "
+        "and rerun"
+    )
+
+
 def _tensorboard_available() -> bool:
     try:
         import tensorboard  # noqa: F401
@@ -187,6 +208,7 @@ def run_stage(
     output_dir = Path(config.output_dir).expanduser()
     stage_dir = output_dir / name
     if (stage_dir / DONE_FILE).is_file() and (stage_dir / MODEL_DIR / "config.json").is_file():
+        check_resumable(stage_dir, config, finished=True)
         done = json.loads((stage_dir / DONE_FILE).read_text())
         return StageResult(name, stage_dir, done["steps"], None, done.get("last_loss"), [], skipped=True)
 
@@ -303,14 +325,22 @@ def run_stage(
         for batch in batches:
             with accelerator.accumulate(model):
                 loss = training_loss(model, batch, passes, window, eviction)
+                value = float(loss.detach())
+                if config.max_grad_norm is None and not math.isfinite(value):
+                    raise TrainingDiverged(_diverged(name, "loss", value, progress.step + 1, stage_dir))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm is not None:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    # the norm of the all-reduced gradients: every process stops together
+                    if not math.isfinite(float(grad_norm)):
+                        raise TrainingDiverged(
+                            _diverged(name, "gradient norm", float(grad_norm), progress.step + 1, stage_dir)
+                        )
                 for optimizer in optimizers:
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
             progress.batch += 1
-            running.append(float(loss.detach()))
+            running.append(value)
             if not accelerator.sync_gradients:
                 continue
             schedules.step()
