@@ -55,6 +55,15 @@ def _number_type(
 _positive_int = _number_type(int, lambda value: value >= 1, "a positive integer")
 _non_negative_int = _number_type(int, lambda value: value >= 0, "a non-negative integer")
 _positive_float = _number_type(float, lambda value: value > 0, "a positive number")
+# Beyond these a softmax over logits / temperature under- or overflows (1e-300, inf) or the
+# generator's seed overflows (1e23): refuse here, in one line, not deep inside torch.
+_temperature = _number_type(float, lambda value: 1e-3 <= value <= 1e3, "a temperature in [0.001, 1000]")
+_seed = _number_type(int, lambda value: 0 <= value < 2**63, "a seed in [0, 2**63)")
+# Decoding is bounded in memory (the window), not in time: a million tokens is already hours.
+MAX_NEW_TOKENS = 1_000_000
+_new_tokens = _number_type(
+    int, lambda value: 1 <= value <= MAX_NEW_TOKENS, f"an integer in [1, {MAX_NEW_TOKENS:,}]"
+)
 
 
 def _layer_list(text: str) -> list[int]:
@@ -363,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True, metavar="TEXT", help="the prompt text")
     gen.add_argument(
         "--max-new-tokens",
-        type=_positive_int,
+        type=_new_tokens,
         default=32,
         metavar="K",
         help="tokens to generate (default 32)",
@@ -399,12 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(sample=False)
     gen.add_argument(
         "--temperature",
-        type=_positive_float,
+        type=_temperature,
         default=1.0,
         metavar="T",
         help="sampling temperature, with --sample (default 1.0)",
     )
-    gen.add_argument("--seed", type=int, default=0, metavar="S", help="random seed for --sample (default 0)")
+    gen.add_argument(
+        "--seed", type=_seed, default=0, metavar="S", help="random seed for --sample (default 0)"
+    )
     gen.add_argument(
         "--no-warmup",
         action="store_true",

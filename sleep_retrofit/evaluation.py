@@ -398,6 +398,13 @@ def prepare_grid(spec: EvalSpec) -> _Grid:
     except ValueError as err:
         raise EvalInputError(str(err)) from None
     base_config = config.get("base_config") or {}
+    # A window past the base's positions would allocate L x L attention for nothing (1e8: OOM).
+    limit = config.get("max_position_embeddings") or base_config.get("max_position_embeddings")
+    if isinstance(limit, int) and settings.window > limit:
+        _fail(
+            f"window (L) {settings.window} is larger than the position limit of {model_dir} "
+            f"(max_position_embeddings {limit}); choose a window in 1..{limit}"
+        )
     vocab_size = config.get("vocab_size") or base_config.get("vocab_size")
     if not isinstance(vocab_size, int):
         _fail(f"{model_dir}/config.json names no vocab_size")

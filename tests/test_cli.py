@@ -216,7 +216,23 @@ BAD_INPUTS = {
     ),
     "generate-temperature": (
         ["generate", "{converted}", "--prompt", "x", "--temperature", "0"],
-        "--temperature: expected a positive",
+        r"--temperature: expected a temperature in \[0.001, 1000\], got '0'",
+    ),
+    "generate-temperature-tiny": (
+        ["generate", "{converted}", "--prompt", "x", "--sample", "--temperature", "1e-300"],
+        r"--temperature: expected a temperature in \[0.001, 1000\], got '1e-300'",
+    ),
+    "generate-temperature-inf": (
+        ["generate", "{converted}", "--prompt", "x", "--sample", "--temperature", "inf"],
+        r"--temperature: expected a temperature in \[0.001, 1000\], got 'inf'",
+    ),
+    "generate-seed": (
+        ["generate", "{converted}", "--prompt", "x", "--sample", "--seed", "100000000000000000000000"],
+        r"--seed: expected a seed in \[0, 2\*\*63\)",
+    ),
+    "generate-forever": (
+        ["generate", "{converted}", "--prompt", "x", "--max-new-tokens", "100000000000"],
+        r"--max-new-tokens: expected an integer in \[1, 1,000,000\], got 100000000000",
     ),
     "generate-empty-prompt": (
         ["generate", "{converted}", "--prompt", ""],

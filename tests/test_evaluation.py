@@ -403,6 +403,11 @@ BAD_INPUTS = {
     "no examples": ("num_examples", 0, "num_examples"),
     "batch of 0": ("batch_size", 0, "batch_size"),
     "window 0": ("window", 0, "window"),
+    "window past the positions": (
+        "window",
+        100_000_000,
+        r"window \(L\) 100000000 is larger than the position limit .* \(max_position_embeddings 4096\)",
+    ),
     "unknown eviction": ("eviction", "soft", "eviction"),
     "option sets the axis": ("task_options", {"rule110": {"steps": 3}}, "may not set"),
     "unknown option": ("task_options", {"rule110": {"colour": 1}}, "unknown rule110 option"),

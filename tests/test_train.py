@@ -382,6 +382,12 @@ def test_bad_inputs_fail_before_any_step(tmp_path):
         train(tiny(tmp_path, "opts", data__options={"steps": -1}))
     with pytest.raises(ConfigError, match="model.source"):
         train(tiny(tmp_path, "src", model__source="./no/such/model"))
+    # a window past the model's positions (model.window=100000000 padded every row to it: OOM)
+    with pytest.raises(
+        ConfigError, match=r"model.window 100000000 is larger than the model's position limit"
+    ):
+        train(tiny(tmp_path, "huge-window", model__window=100_000_000))
+    assert not (tmp_path / "huge-window" / "stage1" / "checkpoints").exists()
 
 
 def test_a_hub_model_that_cannot_be_fetched_is_one_line_naming_it(tmp_path, monkeypatch, capsys):

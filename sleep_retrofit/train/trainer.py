@@ -218,6 +218,12 @@ def run_stage(
     model, model_tokenizer = build_model(config, init_from=init_from)
     tokenizer = training_tokenizer(config, model_tokenizer)
     check_vocabulary(tokenizer, model)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and window > limit:  # the collator would pad every row to L: 1e8 is OOM
+        raise ConfigError(
+            f"model.window {window} is larger than the model's position limit (max_position_embeddings "
+            f"{limit}); choose a window in 1..{limit}"
+        )
     finetune = "fast_weights" if name == "stage1" else stage.finetune
     if name == "stage1" and not fast_weight_parameter_names(model):
         raise ConfigError(
