@@ -47,12 +47,12 @@ Profiles:
 - `cpu`: Rule 110, d = 64, GDN one head of 64 (the toolkit's retention init), 4 strings of
   W = 16 (L = 17 with the t token), t mixed over {0..4}, batch 128, AdamW 2e-3, 50 warm-up
   steps, cosine to 0, clip 1.0, 600 steps (5.6M tokens), 1,000 test examples per t,
-  N = 1, 2, 4 x 3 seeds (~100 min wall on 2 cores). Measured times: docs/results.md.
+  N = 1, 2, 4 x 3 seeds (measured: 87 min wall on 2 cores with both controls, docs/results.md).
 - `depo-cpu`: Depo, cycles of 3-16 nodes written as one-token words (16 symbols), 4 queries,
   L = 8 (the test graph's 32 context tokens fill 4 windows, the queries a fifth), k drawn from
   1..8 per query (tested at 1, 2, 4, 8), N = 1, 2, 4 x 2 seeds, otherwise as `cpu`.
 - `depo-words2`: the first Depo attempt (cycles of 3-24 nodes as 2-symbol words, L = 24): no
-  arm, full attention included, learned it in 600 steps (docs/results.md).
+  arm learned it (N = 1 at 600 steps, full attention at 300; docs/results.md).
 - `gpu`: the paper: W=24, d=256, L=24, t=32 fixed (the paper trained one t per run), batch 512
   (64 x 8 accumulation), Muon 2e-3 + AdamW 5e-5, 100 warm-up steps, bf16, ~5B tokens (96,700
   steps at T=101). The paper reports under one A6000-day per run; on one H100 expect roughly
@@ -191,7 +191,7 @@ PROFILES: dict[str, Profile] = {
         seeds=3,
         gdn_heads=1,
         **_CPU_OPTIMISER,
-        expected="~100 min wall with 2 jobs (a job alone on a core: N=1 7, N=2 18, N=4 33 min)",
+        expected="measured: 87 min wall, 2 jobs, --arm sleep full n1-long (a job: N=1 5, N=2 11, N=4 25 min)",
     ),
     "gpu": Profile(
         name="gpu",
