@@ -461,13 +461,32 @@ def _load_base(source: ModelSource, dtype: str, trust_remote_code: bool):
     if source.kind == "preset":
         model, _ = load_preset(source.name, dtype=torch_dtype or torch.float32)
         return model
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.name, dtype=torch_dtype or "auto", trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:
         raise ConvertError(f"could not load the base model {source.name!r}: {_first_line(error)}") from error
+    _check_base_weights(model, source.name)
     return model.eval()
+
+
+def _check_base_weights(model: nn.Module, name: str) -> None:
+    """A base whose weights are not floating point (int32 tensors where the model has floats) or
+    hold NaN/inf would convert silently and generate garbage: refuse, naming the first tensor."""
+    for tensor_name, parameter in model.named_parameters():
+        if not parameter.is_floating_point():
+            raise ConvertError(
+                f"the base model {name!r} has {parameter.dtype} weights ({tensor_name}); a checkpoint's "
+                "weights must be floating point"
+            )
+        if not bool(torch.isfinite(parameter).all()):
+            raise ConvertError(
+                f"the base model {name!r} has NaN or infinite values in {tensor_name}; its checkpoint is "
+                "damaged (or was saved from a diverged run)"
+            )
 
 
 def _make_parents(path: Path) -> list[Path]:

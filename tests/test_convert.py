@@ -499,3 +499,25 @@ def test_describe_checks_the_weights_cheaply(llama_dir, tmp_path):
     save_file(tensors, str(reshaped / "model.safetensors"))
     with pytest.raises(ConvertError, match=f"wrong shape: {name} \\[3, 5\\]"):
         describe(reshaped)
+
+
+def test_a_base_with_broken_weights_is_refused_in_one_line(tmp_path):
+    """NaN weights, or a truncated / garbage model.safetensors, in the model to convert: one
+    ConvertError naming it (SafetensorError used to escape as a traceback), nothing written."""
+    from safetensors.torch import load_file, save_file
+
+    base, _ = load_preset("tiny-llama")
+    base.save_pretrained(tmp_path / "base")
+    weights = tmp_path / "base" / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = sorted(tensors)[0]
+    poisoned = dict(tensors)
+    poisoned[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(poisoned, str(weights), metadata={"format": "pt"})
+    with pytest.raises(ConvertError, match=f"NaN or infinite values in {name}"):
+        convert(tmp_path / "base", tmp_path / "out", progress=False)
+    weights.write_bytes(b"\x00" * 16)
+    with pytest.raises(ConvertError, match="could not load the base model") as raised:
+        convert(tmp_path / "base", tmp_path / "out", progress=False)
+    assert "\n" not in str(raised.value)
+    assert not (tmp_path / "out").exists()
