@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -49,12 +50,18 @@ BASE_FULL = "base (full attention)"
 BASE_WINDOW = "base (window L)"
 ARMS = ("two_stage", "stage2_only", "lora")
 SUMMARY = "summary.json"
+REQUIRED_KEYS = ("output_dir", "seeds", "jobs", "task", "base", "convert", "passes", "arms", "train", "eval")
 
 
 # ----------------------------------------------------------------------------- configuration
 def load_demo_config(path: Path, overrides: list[str]) -> dict[str, Any]:
     """The YAML file with dotted `key=value` overrides applied (values parsed as YAML)."""
     config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a YAML mapping of the demo's sections")
+    missing = [key for key in REQUIRED_KEYS if key not in config]
+    if missing:
+        raise ValueError(f"{path} lacks {missing} (see recipes/configs/retrofit_demo.yaml)")
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value")
@@ -105,13 +112,11 @@ def input_length(config: dict[str, Any]) -> int:
     axis = {"rule110": "steps", "depo": "hops"}[task["name"]]
     options = dict(task["options"])
     options[axis] = max(task["eval_t"]) if axis == "steps" else (max(task["eval_t"]),)
-    example = make_task(task["name"], **options).example(__import__("random").Random(0))
-    batch = SleepCollator(config["convert"]["window"], 0)([_features(example)])
+    from sleep_retrofit.train.data import FeatureDataset
+
+    example = make_task(task["name"], **options).example(random.Random(0))
+    batch = SleepCollator(config["convert"]["window"], 0)([FeatureDataset([example])[0]])
     return int(batch["input_ids"].shape[1])
-
-
-def _features(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: row[k] for k in ("input_ids", "loss_mask", "target_start")}
 
 
 # ----------------------------------------------------------------------------- 1. pretrain

@@ -107,6 +107,10 @@ def test_bad_overrides_are_one_line_and_exit_2(demo, tmp_path, capsys):
     assert "arms ['distil'] are unknown" in capsys.readouterr().err
     assert demo.main(["--config", str(CONFIG), "passes=[0]"]) == 2
     assert "passes must be a list of ints >= 1" in capsys.readouterr().err
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("output_dir: x\nseeds: [0]\n")
+    assert demo.main(["--config", str(partial)]) == 2
+    assert "lacks ['jobs', 'task'" in capsys.readouterr().err
 
 
 def test_the_shipped_config_plans_valid_trainer_configs(demo, tmp_path):

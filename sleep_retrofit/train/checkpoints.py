@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import pickletools
+import re
 import shutil
 import warnings
 import zipfile
@@ -185,14 +186,12 @@ def save_checkpoint(accelerator: Any, stage_dir: Path, state: dict[str, Any], li
 
 
 def _highest_used(root: Path) -> int:
-    """The highest checkpoint number any entry of `root` used (set aside ones too): -1 if none."""
-    numbers = [-1]
-    if root.is_dir():
-        for entry in root.iterdir():
-            digits = "".join(ch for ch in entry.name.split("checkpoint_")[-1] if ch.isdigit())
-            if "checkpoint_" in entry.name and digits:
-                numbers.append(int(digits))
-    return max(numbers)
+    """The highest checkpoint number any entry of `root` used (a killed save's staging directory
+    too): -1 if none."""
+    used = [
+        re.fullmatch(r"\.?checkpoint_(\d+)(\.partial)?", entry.name) for entry in root.glob("*checkpoint_*")
+    ]
+    return max([int(match.group(1)) for match in used if match] + [-1])
 
 
 def load_latest(accelerator: Any, stage_dir: Path) -> tuple[Path, dict[str, Any]] | None:
