@@ -18,11 +18,13 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from . import __version__
+from .arguments import OneLineParser
 from .convert import DTYPES, ConvertError, convert, describe, load_converted, timed_generate
 from .evaluation import add_eval_arguments, run_eval
 from .presets import PRESETS
@@ -77,13 +79,6 @@ def _layer_list(text: str) -> list[int]:
     if any(i < 0 for i in indices):
         raise argparse.ArgumentTypeError(f"layer indices must be >= 0, got {text!r}")
     return indices
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage block): `prog: error: message (see --help)`."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 # ------------------------------------------------------------------------------------- commands
@@ -273,7 +268,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="sleep-retrofit",
         description="Retrofit pretrained language models with sleep (N passes per evicted chunk).",
     )
@@ -442,14 +437,32 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (argument errors raise SystemExit(2))."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    out = Path(args.out).expanduser() if getattr(args, "out", None) is not None else None
+    before = _identity(out)
     try:
         return args.func(args)
     except ConvertError as error:
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{parser.prog} {args.command}: interrupted; nothing was written", file=sys.stderr)
+        # convert publishes by one rename, so --out is either the old one or the new one, whole;
+        # eval writes each finished cell to results.json, and a rerun resumes from them.
+        if out is None or _identity(out) == before:
+            outcome = "nothing was written"
+        elif args.command == "convert":
+            outcome = f"{out} had already been written in full"
+        else:
+            outcome = f"the finished cells are in {out}; rerun the same command to resume"
+        print(f"{parser.prog} {args.command}: interrupted; {outcome}", file=sys.stderr)
         return 130
+
+
+def _identity(path: Path | None) -> tuple[int, int] | None:
+    """What tells a directory replaced or written since: its inode and modification time."""
+    if path is None or not path.exists():
+        return None
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
 
 
 if __name__ == "__main__":

@@ -22,9 +22,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import re
 import shutil
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -220,6 +222,8 @@ def resolve_source(model: str | os.PathLike, *, trust_remote_code: bool = False)
         raise ConvertError(
             f"could not {where} {text!r} ({_first_line(error)}); {_source_choices()}"
         ) from error
+    if not isinstance(raw, dict):
+        raise ConvertError(f"the config.json of {text!r} holds a JSON {type(raw).__name__}, not a config")
     model_type = raw.get("model_type")
     if model_type == SleepRetrofitConfig.model_type:
         raise ConvertError(
@@ -424,9 +428,19 @@ def _check_out(out: Any, overwrite: bool, source: ModelSource) -> Path:
     ancestor = path.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK) or not _can_create_in(ancestor):
         raise ConvertError(f"cannot write under {str(ancestor)!r}; choose another --out")
     return path
+
+
+def _can_create_in(directory: Path) -> bool:
+    """Whether a directory can really be created there: os.access says yes for root under /proc
+    or /sys, or on a read-only mount, where mkdir then fails (checked before any loading)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".sleep-retrofit-probe-", dir=directory))
+    except OSError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -469,8 +483,41 @@ def _load_base(source: ModelSource, dtype: str, trust_remote_code: bool):
         )
     except (OSError, ValueError, SafetensorError) as error:
         raise ConvertError(f"could not load the base model {source.name!r}: {_first_line(error)}") from error
+    except pickle.UnpicklingError as error:  # never retried with weights_only=False: that runs its code
+        raise ConvertError(
+            f"could not load the base model {source.name!r}: its pickle weights (.bin) are corrupt or hold "
+            "more than tensors; save them as safetensors where the model was made"
+        ) from error
+    except RuntimeError as error:  # transformers' shape-mismatch report names no tensor in its message
+        mismatch = _first_shape_mismatch(source)
+        if mismatch is None:
+            raise
+        raise ConvertError(
+            f"the weights of {source.name!r} do not fit its config.json: {mismatch}"
+        ) from error
     _check_base_weights(model, source.name)
     return model.eval()
+
+
+def _first_shape_mismatch(source: ModelSource) -> str | None:
+    """'NAME has shape [a, b] in the checkpoint, the config needs [c, d]' for the first tensor of a
+    local safetensors checkpoint whose shape differs from a model built from its config."""
+    if source.path is None:
+        return None
+    with torch.device("meta"), _quiet_transformers():
+        expected = {
+            name: list(t.shape)
+            for name, t in AutoModelForCausalLM.from_config(source.config).state_dict().items()
+        }
+    for file in sorted(source.path.glob("*.safetensors")):
+        try:
+            stored = read_safetensors_header(file)
+        except UnreadableWeightsError:
+            continue
+        for name, shape in stored.items():
+            if name in expected and expected[name] != shape:
+                return f"{name} has shape {shape} in {file.name}, the config needs {expected[name]}"
+    return None
 
 
 def _check_base_weights(model: nn.Module, name: str) -> None:
@@ -607,28 +654,72 @@ def convert(
 # --------------------------------------------------------------------------------------------- describe
 
 
-def _read_converted_config(directory: str | os.PathLike) -> tuple[Path, SleepRetrofitConfig]:
+def read_converted_config(directory: str | os.PathLike) -> tuple[Path, SleepRetrofitConfig]:
+    """The directory and its SleepRetrofitConfig, or a ConvertError saying what is wrong with it
+    (not a directory, no or unreadable config.json, another model type, invalid sleep settings or
+    an unsupported base, as a hand-edited config may have)."""
     path = Path(directory).expanduser()
+    shown = os.fspath(directory)
     if not path.is_dir():
-        raise ConvertError(
-            f"{os.fspath(directory)!r} is not a directory; give a converted checkpoint directory"
-        )
+        raise ConvertError(f"{shown!r} is not a directory; give a converted checkpoint directory")
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise ConvertError(
-            f"{os.fspath(directory)!r} has no config.json; give a converted checkpoint directory"
-        )
+        raise ConvertError(f"{shown!r} has no config.json; give a converted checkpoint directory")
     try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except (OSError, ValueError) as error:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
         raise ConvertError(f"cannot read {str(config_file)!r}: {_first_line(error)}") from error
+    if not isinstance(raw, dict):
+        raise ConvertError(
+            f"{str(config_file)!r} holds a JSON {type(raw).__name__}, not a config (a JSON object)"
+        )
+    model_type = raw.get("model_type")
     if model_type != SleepRetrofitConfig.model_type:
         raise ConvertError(
-            f"{os.fspath(directory)!r} is not a sleep-retrofit checkpoint (model_type {model_type!r}); "
-            f"convert it first with `sleep-retrofit convert --model {os.fspath(directory)} --out DIR`"
+            f"{shown!r} is not a sleep-retrofit checkpoint (model_type {model_type!r}); "
+            f"convert it first with `sleep-retrofit convert --model {shown} --out DIR`"
         )
-    with _quiet_transformers():
-        config = SleepRetrofitConfig.from_pretrained(path)
+    try:
+        with _quiet_transformers():
+            config = SleepRetrofitConfig.from_pretrained(path)
+        resolve_family(config.base_config)
+        config.plan()
+    except (ValueError, TypeError, KeyError, UnsupportedModelError) as error:
+        raise ConvertError(
+            f"{str(config_file)!r} is not a valid sleep-retrofit config: {_first_line(error)}; "
+            "convert the base model again (or undo the edit)"
+        ) from None
+    return path, config
+
+
+def _check_tokenizer_files(directory: Path) -> None:
+    """A tokenizer.json that is not JSON would fail deep inside `tokenizers`; say so here."""
+    file = directory / "tokenizer.json"
+    if file.is_file():
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ConvertError(
+                f"{str(file)!r} is not readable ({_first_line(error)}); copy the checkpoint's tokenizer again"
+            ) from None
+
+
+def _checked(directory: str | os.PathLike) -> tuple[Path, SleepRetrofitConfig, nn.Module, dict[str, Any]]:
+    """(path, config, a meta-device model of it, the weight-file summary) once the config, the
+    weight files (headers and sizes against the model) and the tokenizer files have passed."""
+    path, config = read_converted_config(directory)
+    with torch.device("meta"), _quiet_transformers():
+        model = SleepRetrofitForCausalLM(config)
+    weights = check_weights(path, model)
+    _check_tokenizer_files(path)
+    return path, config, model, weights
+
+
+def check_checkpoint(directory: str | os.PathLike) -> tuple[Path, SleepRetrofitConfig]:
+    """Everything a load needs, checked cheaply before loading anything: the config
+    (:func:`read_converted_config`), the weight files against it (:func:`check_weights`) and the
+    tokenizer files. Returns ``(path, config)``; raises ConvertError naming the first problem."""
+    path, config, _, _ = _checked(directory)
     return path, config
 
 
@@ -651,12 +742,9 @@ def describe(directory: str | os.PathLike) -> dict[str, Any]:
         ConvertError: when the directory is missing or not a converted checkpoint, or its
             weights are missing, truncated or do not fit its config.
     """
-    path, config = _read_converted_config(directory)
+    path, config, model, weights = _checked(directory)
     base_config = config.base_config
     family = resolve_family(base_config)
-    with torch.device("meta"), _quiet_transformers():
-        model = SleepRetrofitForCausalLM(config)
-    weights = check_weights(path, model)
     report = parameter_report(model.base, model.fast_weights)
     plan = config.plan()
     num_layers = base_config.num_hidden_layers
@@ -794,7 +882,7 @@ def load_converted(
         ConvertError: for a directory that is not a converted checkpoint or has no tokenizer, or a
             bad override (listing the valid values).
     """
-    path, config = _read_converted_config(directory)
+    path, config = check_checkpoint(directory)
     if passes is not None and (not _is_int(passes) or passes < 1):
         raise ConvertError(f"passes (N) must be an integer >= 1, got {passes!r}")
     if window is not None:
@@ -808,9 +896,14 @@ def load_converted(
     overrides = {
         k: v for k, v in dict(passes=passes, window=window, eviction=eviction).items() if v is not None
     }
-    with _quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(path, **overrides).eval()
-        tokenizer = AutoTokenizer.from_pretrained(path)
+    from safetensors import SafetensorError
+
+    try:
+        with _quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(path, **overrides).eval()
+            tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, SafetensorError) as error:  # what the cheap checks cannot see
+        raise ConvertError(f"cannot load {os.fspath(directory)!r}: {_first_line(error)}") from error
     return model, tokenizer
 
 

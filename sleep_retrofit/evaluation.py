@@ -58,6 +58,7 @@ from typing import Any
 
 import torch
 
+from .arguments import OneLineParser
 from .modeling import free_running_targets
 from .sleep.settings import SleepSettings
 from .tasks.collate import SleepCollator
@@ -268,25 +269,41 @@ def _check_positive(name: str, value: Any) -> int:
     return value
 
 
+def _check_device(name: Any) -> None:
+    """A device this machine has and that can hold a model's values ('meta' holds none)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        _fail(f"device must be a torch device such as 'cpu' or 'cuda:0', got {name!r}")
+    if device.type == "meta":
+        _fail("device 'meta' holds no values; evaluate on 'cpu' or 'cuda'")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            _fail(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            _fail(
+                f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type != "cpu":
+        backend = getattr(torch, device.type, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            _fail(f"device {name!r} is not available here; use --device cpu")
+
+
 def _read_model_config(model_dir: Path) -> dict[str, Any]:
+    """config.json of a converted checkpoint whose config, weight files and tokenizer files passed
+    the checks a load needs (convert.check_checkpoint), as a dict."""
+    from .convert import ConvertError, check_checkpoint
+
     if not model_dir.exists():
         _fail(f"model directory does not exist: {model_dir}")
     if not model_dir.is_dir():
         _fail(f"model must be a directory (a converted checkpoint), got the file {model_dir}")
-    config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        _fail(f"{model_dir} has no config.json; expected a converted sleep-retrofit checkpoint")
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise EvalInputError(f"{config_path} is not valid JSON: {err}") from None
-    model_type = config.get("model_type")
-    if model_type != "sleep_retrofit":
-        _fail(
-            f"{model_dir} holds a {model_type!r} model, not a sleep-retrofit checkpoint "
-            "(model_type 'sleep_retrofit'); convert it first with `sleep-retrofit convert`"
-        )
-    return config
+        check_checkpoint(model_dir)
+    except ConvertError as err:
+        raise EvalInputError(str(err)) from None
+    return json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
 
 
 def _load_tokenizer(model_dir: Path) -> Any:
@@ -383,11 +400,16 @@ def prepare_grid(spec: EvalSpec) -> _Grid:
     if spec.dtype is not None and spec.dtype not in _DTYPES:
         _fail(f"dtype must be one of {list(_DTYPES)}, got {spec.dtype!r}")
     if spec.device is not None:
-        try:
-            torch.device(spec.device)
-        except (RuntimeError, TypeError):
-            _fail(f"device must be a torch device such as 'cpu' or 'cuda:0', got {spec.device!r}")
+        _check_device(spec.device)
 
+    out_dir = Path(spec.out).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"out must be a directory, got the file {out_dir}")
+    ancestor = out_dir.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        _fail(f"cannot write under {ancestor}; choose another --out")
     model_dir = Path(spec.model).expanduser()
     config = _read_model_config(model_dir)
     try:
@@ -426,9 +448,6 @@ def prepare_grid(spec: EvalSpec) -> _Grid:
         )
         groups += builders[task](source, difficulties, _task_options(spec, task))
 
-    out_dir = Path(spec.out).expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        _fail(f"out must be a directory, got the file {out_dir}")
     cells = [_Cell(group.task, group.difficulty, n, group.setting, group) for group in groups for n in passes]
     return _Grid(spec, model_dir, out_dir, settings, vocab_size, tokenizer, cells)
 
@@ -1206,7 +1225,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="evaluate.py",
         description="Evaluate a converted sleep-retrofit model on Rule 110, Depo and GSM-Infinite "
         "across N values and difficulties.",

@@ -441,6 +441,7 @@ def _bad_input_files(model_dir: Path, tmp_path: Path) -> None:
     rule110_only = tmp_path / "rule110_only"  # a converted model's config, Rule 110's tokenizer
     rule110_only.mkdir()
     shutil.copy(model_dir / "config.json", rule110_only / "config.json")
+    shutil.copy(model_dir / "model.safetensors", rule110_only / "model.safetensors")
     task_tokenizer("rule110").save_pretrained(rule110_only)
     (tmp_path / "wrong.jsonl").write_text(json.dumps({"prompt": "x", "answer": 1}) + "\n")
     rows = generate_gsm_infinite("medium", 2, 2)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from ..arguments import OneLineParser
 from .config import ConfigError, load_config
 from .trainer import TrainingDiverged, train
 
 
 def main(task: str, argv: list[str] | None = None) -> int:
     """Parse, validate (exit status 2 with a one-line message on bad input), train."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=f"recipes/{task}.py",
         description=f"Two-stage sleep training on {task} (Accelerate; see docs/training.md).",
     )

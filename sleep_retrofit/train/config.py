@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,11 +278,20 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"config file not found: {path}")
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+            raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path} must hold a mapping of config keys, got {type(values).__name__}")
     return config_from_dict(apply_overrides(values, list(overrides or [])))
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one line: the problem and where (line, column are 1-based)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 # ----------------------------------------------------------------------------- validation
@@ -292,6 +302,19 @@ def _is_int(value: Any) -> bool:
 def _is_number(value: Any) -> bool:
     """A finite int or float (not a bool: YAML's yes/no; not nan/inf: `lr=.inf` trains to NaN)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_writable_dir(name: str, path: Path) -> None:
+    """A directory, or a path whose nearest existing ancestor is a directory we may write into."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{name} {str(path)!r} is a file; give a directory")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{name} {str(path)!r} lies under the file {str(ancestor)!r}; give a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{name} {str(path)!r}: cannot write under {str(ancestor)!r}")
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -314,6 +337,7 @@ def validate(config: TrainConfig) -> None:
     model, data = config.model, config.data
     if not isinstance(config.output_dir, str) or not config.output_dir:
         raise ConfigError(f"output_dir must be a non-empty path, got {config.output_dir!r}")
+    _check_writable_dir("output_dir", Path(config.output_dir).expanduser())
     if not _is_int(config.seed):
         raise ConfigError(f"seed must be an int, got {config.seed!r}")
     stages = config.stages
@@ -355,6 +379,10 @@ def validate(config: TrainConfig) -> None:
     if not _is_number(model.initializer_range) or not 0 < model.initializer_range < 10:
         raise ConfigError(
             f"model.initializer_range must be a number in (0, 10), got {model.initializer_range!r}"
+        )
+    if model.source == "toy" and model.hidden_size % model.num_heads:
+        raise ConfigError(
+            f"model.hidden_size {model.hidden_size} must be divisible by model.num_heads {model.num_heads}"
         )
     if model.source == "toy" and model.num_layers % 2:
         raise ConfigError(

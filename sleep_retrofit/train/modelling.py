@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
-from ..convert import is_converted_checkpoint
+from ..convert import ConvertError, check_checkpoint, is_converted_checkpoint
 from ..modeling import SleepRetrofitForCausalLM
 from ..sleep import SleepSettings
 from .config import ConfigError, LoraConfig, TrainConfig
@@ -92,6 +94,10 @@ def build_model(config: TrainConfig, init_from: Path | None = None) -> tuple[Sle
 
     path = Path(source).expanduser()
     if path.exists() and is_converted_checkpoint(path):
+        try:
+            check_checkpoint(path)  # config, weight files and tokenizer, before loading anything
+        except ConvertError as error:
+            raise ConfigError(f"model.source: {error}") from None
         model = AutoModelForCausalLM.from_pretrained(
             str(path), passes=settings.passes, window=settings.window, eviction=settings.eviction, dtype=dtype
         )
@@ -108,7 +114,7 @@ def build_model(config: TrainConfig, init_from: Path | None = None) -> tuple[Sle
         base = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, trust_remote_code=model_config.trust_remote_code
         )
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as error:
         raise ConfigError(_unloadable_source(source, path.exists(), error)) from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_config.trust_remote_code)
