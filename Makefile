@@ -28,7 +28,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check sleep_retrofit tests benchmarks
+	$(VENV)/bin/ruff check sleep_retrofit sleep_retrofit_launcher tests benchmarks recipes
 
 bench: setup
 	$(PY) benchmarks/bench_kernels.py
