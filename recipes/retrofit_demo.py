@@ -78,6 +78,8 @@ def load_demo_config(path: Path, overrides: list[str]) -> dict[str, Any]:
     unknown = [a for a in config["arms"] if a not in ARMS]
     if unknown:
         raise ValueError(f"arms {unknown} are unknown; choose from {list(ARMS)}")
+    if "lora" in config["arms"] and "two_stage" not in config["arms"]:
+        raise ValueError("arm lora trains stage 2 from two_stage's stage-1 model: add two_stage to arms")
     if not config["passes"] or any(not isinstance(n, int) or n < 1 for n in config["passes"]):
         raise ValueError(f"passes must be a list of ints >= 1, got {config['passes']!r}")
     return config
@@ -240,22 +242,25 @@ def plan_jobs(config: dict[str, Any], out: Path) -> list[dict[str, Any]]:
         if "stage2_only" in config["arms"]:
             runs.append((f"stage 2 only N={largest}", f"stage2_only_N{largest}", largest, ["stage2"], "full"))
         if "lora" in config["arms"]:
-            runs.append(
-                (f"two-stage LoRA N={largest}", f"lora_N{largest}", largest, ["stage1", "stage2"], "lora")
-            )
+            runs.append((f"two-stage LoRA N={largest}", f"lora_N{largest}", largest, ["stage2"], "lora"))
         for label, name, n, stages, finetune in runs:
             directory = out / f"seed{seed}" / name
+            # LoRA's stage 2 starts from the full two-stage run's stage-1 model: the same warm-up,
+            # so the two arms differ only in how stage 2 trains (and stage 1 is not paid twice).
+            source = (
+                out / f"seed{seed}" / f"two_stage_N{largest}" / "train" / "stage1" / "model"
+                if finetune == "lora"
+                else converted
+            )
             train = json.loads(json.dumps(config["train"]))
             train.update({"output_dir": str(directory / "train"), "seed": seed, "stages": stages})
-            train["model"] = {
-                **train.get("model", {}),
-                "source": str(converted),
-                "passes": n,
-                "window": window,
-            }
+            train["model"] = {**train.get("model", {}), "source": str(source), "passes": n, "window": window}
             train["data"] = data_section(config, seed, _examples(config, stages))
             train["stage2"] = {**train["stage2"], "finetune": finetune}
-            jobs.append(_job(label, name, seed, n, directory / "train" / "model", train, window, out))
+            job = _job(label, name, seed, n, directory / "train" / "model", train, window, out)
+            if finetune == "lora":
+                job["after"] = str(source.parent / "training_complete.json")
+            jobs.append(job)
     return jobs
 
 
@@ -293,6 +298,9 @@ def run_job(job: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
     directory.mkdir(parents=True, exist_ok=True)
+    if job.get("after"):  # jobs run longest first, so the stage 1 this waits for started earlier
+        while not Path(job["after"]).is_file():
+            time.sleep(5)
     began = time.perf_counter()
     trainable = None
     if job["train"] is not None:

@@ -91,7 +91,8 @@ def test_the_chain_connects(demo, tmp_path):
         assert 0.0 <= row["mean"] <= 1.0 and len(row["per_string"]) == 3
     counts = {job["name"]: job["trainable_parameters"] for job in results["jobs"]}
     full, lora = counts["seed0/two_stage_N2"], counts["seed0/lora_N2"]
-    assert full["stage1"] == lora["stage1"] < lora["stage2"] < full["stage2"]
+    assert full["stage1"] < lora["stage2"] < full["stage2"]
+    assert "stage1" not in lora  # LoRA's stage 2 starts from the two-stage arm's stage-1 model
     assert "| two-stage LoRA N=2 |" in (tmp_path / "results.md").read_text()
 
     # A rerun finds every job done and trains nothing.
@@ -127,6 +128,10 @@ def test_the_shipped_config_plans_valid_trainer_configs(demo, tmp_path):
         assert train.stage1.finetune == "fast_weights" and train.stage1.eviction == "hard"
         assert train.stage2.eviction == "sliding"
     assert {job["train"]["stage2"]["finetune"] for job in trained} == {"full", "lora"}
+    for lora in (job for job in trained if job["train"]["stage2"]["finetune"] == "lora"):
+        assert lora["train"]["stages"] == ["stage2"]
+        assert lora["train"]["model"]["source"].endswith("two_stage_N4/train/stage1/model")
+    assert demo.main(["--config", str(CONFIG), "arms=[lora]"]) == 2
     # the full-attention arm's window reaches over a whole test input
     full = next(job for job in jobs if job["label"] == "base (full attention)")
     assert full["window"] >= 4 * 17 + 1 + 4
