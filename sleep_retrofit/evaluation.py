@@ -16,12 +16,12 @@ task           axis   data, and how a model's answer is scored
 rule110        t      Rule 110 steps. Test split generated from the fixed seed; label j's
                       prediction is the argmax over string j's two bit tokens, decoded from
                       the model's own labels 0..j-1 (free running, one forward per label:
-                      feeding gold labels back would leak t); ``score_rule110`` (exact
+                      feeding gold labels back would leak t); ``tasks.reading`` (exact
                       match over the labels, per-label accuracy). The loss is teacher-forced.
 depo           k      hops, Depo's test protocol (n = max_nodes, one k per cell); greedy
                       decoding of every answer token in the training layout, each after the
                       model's own earlier answer tokens (free running; the query tokens are
-                      given); a word counts as right when all its tokens are; ``score_depo``.
+                      given); a word counts as right when all its tokens are; ``tasks.reading``.
                       Also the mean teacher-forced loss per answer token (the paper reports
                       Depo as test loss per k).
 gsm_infinite   op     op count. Generated (test split) or loaded from local Hub files
@@ -62,14 +62,15 @@ from .arguments import OneLineParser
 from .modeling import free_running_targets
 from .sleep.settings import SleepSettings
 from .tasks.collate import SleepCollator
-from .tasks.depo import DepoConfig, DepoTask, score_depo
+from .tasks.depo import DepoConfig, DepoTask
 from .tasks.gsm_infinite.loader import SUBSETS, check_ops, load_gsm_infinite
 from .tasks.gsm_infinite.prompts import ANSWER_CHUNKS, QUESTION_POSITIONS, sleep_features
 from .tasks.gsm_infinite.realistic import check_realistic_op
 from .tasks.gsm_infinite.scoring import leaderboard_score, score_gsm_infinite
 from .tasks.gsm_infinite.symbolic import check_symbolic_op
 from .tasks.gsm_infinite.task import PAPER_CONTEXT_TOKENS, GSMInfiniteConfig, GSMInfiniteTask
-from .tasks.rule110 import Rule110Config, Rule110Task, score_rule110
+from .tasks.reading import DepoReader, Rule110Reader, read_batch
+from .tasks.rule110 import Rule110Config, Rule110Task
 from .tasks.splits import generate_split
 
 __all__ = [
@@ -480,7 +481,8 @@ def _rule110_groups(
         config = _make_config(Rule110Config, "rule110", **options, steps=t)
         task = Rule110Task(config)
         ids, pad, setting = source.synthetic(task, config, "steps")
-        groups.append(_DataGroup("rule110", t, setting, _test_split(task, source.spec), (task, ids, pad)))
+        reader = Rule110Reader.for_ids(task, ids)
+        groups.append(_DataGroup("rule110", t, setting, _test_split(task, source.spec), (reader, ids, pad)))
     return groups
 
 
@@ -499,7 +501,8 @@ def _depo_groups(
         # Predictions are read back through the whole model vocabulary (a wrong answer may be
         # any token); ids beyond it read as None.
         names = {i: token for token, i in (tokenizer.get_vocab() if tokenizer is not None else ids).items()}
-        groups.append(_DataGroup("depo", k, setting, _test_split(task, source.spec), (task, ids, pad, names)))
+        reader = DepoReader(task, names)
+        groups.append(_DataGroup("depo", k, setting, _test_split(task, source.spec), (reader, ids, pad)))
     return groups
 
 
@@ -672,94 +675,33 @@ def _collated_batches(
         yield batch_rows, {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
 
 
-def _evaluate_rule110(
+def _evaluate_synthetic(
     model: torch.nn.Module, group: _DataGroup, settings: SleepSettings, passes: int, spec: EvalSpec, bar: Any
 ) -> dict[str, Any]:
-    task, ids, pad = group.task_object
+    """Rule 110 or Depo: every answer decoded free running (from the model's own earlier answers:
+    gold ones fed back would leak t, or facts about the same graph) and read and scored by the
+    task's reader (tasks/reading.py), exactly as the trainer's periodic evaluation does."""
+    reader, ids, pad = group.task_object
     rows = group.examples()
-    num_strings = task.config.num_strings
-    # Label j is the larger of string j's two bit-token logits, decoded from the model's own
-    # earlier labels (free running): teacher forcing would feed gold label j-1 in, which leaks t.
-    bit_ids = torch.tensor([[ids[task.bit_token(j, b)] for b in (0, 1)] for j in range(num_strings)])
-    to_bit = {int(bit_ids[j, b]): b for j in range(num_strings) for b in (0, 1)}
-    predictions: list[list[int]] = []
+    predictions: list[Any] = []
     losses: list[float] = []
     for batch_rows, batch in _collated_batches(model, rows, ids, pad, settings, spec.batch_size):
         predicted, teacher_forced = free_running_targets(
             model,
             batch["input_ids"],
             batch["labels"],
-            bit_ids,
+            reader.candidates,
             attention_mask=batch["attention_mask"],
             passes=passes,
             window=settings.window,
             eviction=settings.eviction,
         )
-        predictions += [[to_bit[int(token)] for token in row] for row in predicted.tolist()]
-        for logits, targets in teacher_forced:
-            losses.extend(torch.nn.functional.cross_entropy(logits, targets, reduction="none").tolist())
+        answers, batch_losses, _ = read_batch(reader, batch_rows, predicted, teacher_forced)
+        predictions += answers
+        losses += batch_losses
         if bar is not None:
             bar.update(len(batch_rows))
-    scores = score_rule110(predictions, [row["answer"] for row in rows])
-    per_label = scores["per_label_accuracy"]
-    record = {
-        "accuracy": scores["exact_match"],
-        "exact_match": scores["exact_match"],
-        "per_label_accuracy": per_label,
-        "mean_per_label_accuracy": sum(per_label) / len(per_label),
-        "chance_exact_match": scores["chance_exact_match"],
-        "majority_exact_match": scores["majority_exact_match"],
-        "loss": sum(losses) / len(losses),
-        "num_examples": scores["count"],
-    }
-    if spec.save_outputs:
-        record["outputs"] = predictions
-    return record
-
-
-def _evaluate_depo(
-    model: torch.nn.Module, group: _DataGroup, settings: SleepSettings, passes: int, spec: EvalSpec, bar: Any
-) -> dict[str, Any]:
-    task, ids, pad, token_of = group.task_object
-    rows = group.examples()
-    word_length = task.config.word_length
-    predictions: list[list[str | None]] = []
-    losses: list[float] = []
-
-    # Free running, as for Rule 110: a later query's answer is decoded after the model's own
-    # earlier answers, not the gold ones (those are facts about the same graph).
-    for batch_rows, batch in _collated_batches(model, rows, ids, pad, settings, spec.batch_size):
-        predicted, teacher_forced = free_running_targets(
-            model,
-            batch["input_ids"],
-            batch["labels"],
-            attention_mask=batch["attention_mask"],
-            passes=passes,
-            window=settings.window,
-            eviction=settings.eviction,
-        )
-        for row, tokens_ids, (logits, targets) in zip(
-            batch_rows, predicted.tolist(), teacher_forced, strict=True
-        ):
-            queries = len(row["query_targets"])
-            if len(tokens_ids) != queries * word_length:
-                raise RuntimeError(
-                    f"depo: expected {queries * word_length} answer tokens, got {len(tokens_ids)}"
-                )
-            tokens = [token_of.get(i) for i in tokens_ids]
-            words = [tokens[q * word_length : (q + 1) * word_length] for q in range(queries)]
-            # A token outside the vocabulary makes that answer unreadable (wrong).
-            predictions.append([None if None in word else " ".join(word) for word in words])
-            losses.extend(torch.nn.functional.cross_entropy(logits, targets, reduction="none").tolist())
-        if bar is not None:
-            bar.update(len(batch_rows))
-    scores = score_depo(predictions, rows)
-    record = {
-        "accuracy": scores["accuracy"],
-        "loss": sum(losses) / len(losses),
-        "num_examples": len(rows),
-        "num_queries": scores["count"],
-    }
+    record = {**reader.score(predictions, rows), "loss": sum(losses) / len(losses), "num_examples": len(rows)}
     if spec.save_outputs:
         record["outputs"] = predictions
     return record
@@ -824,10 +766,8 @@ def evaluate_cell(model: torch.nn.Module, cell: _Cell, grid: _Grid, bar: Any = N
     """Score one grid cell; returns its record (without the identity fields)."""
     settings = grid.settings
     with torch.no_grad():
-        if cell.task == "rule110":
-            return _evaluate_rule110(model, cell.group, settings, cell.passes, grid.spec, bar)
-        if cell.task == "depo":
-            return _evaluate_depo(model, cell.group, settings, cell.passes, grid.spec, bar)
+        if cell.task in ("rule110", "depo"):
+            return _evaluate_synthetic(model, cell.group, settings, cell.passes, grid.spec, bar)
         return _evaluate_gsm(model, cell.group, settings, cell.passes, grid.spec, bar, grid.tokenizer)
 
 

@@ -220,6 +220,37 @@ def test_rule110_and_depo_scores_match_a_direct_computation(grid, model_dir):
     assert record["accuracy"] == pytest.approx(right / total)
 
 
+@pytest.mark.parametrize(("task", "difficulty"), [("rule110", 3), ("depo", 2)])
+def test_the_trainers_periodic_evaluation_scores_like_the_grid(grid, model_dir, task, difficulty):
+    """One reader per task (tasks/reading.py): the trainer's evaluation of the same rows reads
+    the same answers and gives the same score and loss as the grid's cell."""
+    from dataclasses import asdict
+
+    from sleep_retrofit.train.config import config_from_dict
+    from sleep_retrofit.train.evaluate import evaluate_model
+
+    result, _ = grid
+    record = next(
+        r for r in result.records if (r["task"], r["difficulty"], r["passes"]) == (task, difficulty, 2)
+    )
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if task == "rule110":
+        options = {"steps": difficulty}
+        rows = list(build_dataset("rule110", "test", 6, steps=difficulty))
+    else:
+        options = asdict(DepoConfig.for_test(hops=(difficulty,), **DEPO_OPTIONS))
+        rows = list(build_dataset("depo", "test", 6, config=DepoConfig.for_test(hops=(2,), **DEPO_OPTIONS)))
+    rows = [{**row, "input_ids": tokenizer(row["text"])["input_ids"]} for row in rows]
+    config = config_from_dict({"data": {"task": task, "options": options}, "eval_batch_size": 4})
+    window, eviction = model.config.window, model.config.eviction
+    trainer_record = evaluate_model(model, config, rows, tokenizer, 2, window, eviction)
+    assert trainer_record["accuracy"] == record["accuracy"]
+    assert trainer_record["loss"] == pytest.approx(record["loss"], rel=1e-5)
+    if task == "rule110":
+        assert trainer_record["per_label_accuracy"] == record["per_label_accuracy"]
+
+
 # ----------------------------------------------------------------------------- resuming
 def test_finished_grid_is_not_recomputed(grid, model_dir, tmp_path, monkeypatch):
     _, out = grid
