@@ -66,7 +66,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 import sleep_retrofit
 from sleep_retrofit.modeling import SleepRetrofitForCausalLM
 from sleep_retrofit.retrofit import FastWeightPlan, default_plan
-from sleep_retrofit.sleep import SleepCache, SleepSettings, default_loop_span
+from sleep_retrofit.sleep import SleepCache, SleepSettings, family_adapter
 
 # The base model: a small Llama-family decoder (design: "small but not trivial").
 MODEL = dict(
@@ -844,7 +844,7 @@ def main(argv: list[str] | None = None) -> None:
         versions={"transformers": transformers.__version__},
     )
     model = build_sleep(args.seed, args.window, args.loop_span)
-    default_span = default_loop_span(model.engine().stack.family, MODEL["num_hidden_layers"])
+    default_span = family_adapter(model.engine().stack.family).default_loop_span(MODEL["num_hidden_layers"])
     sources = file_digests(check_engine(model, args.window))
     with torch.inference_mode():
         progress("ingestion")

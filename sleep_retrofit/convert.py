@@ -59,7 +59,7 @@ from .retrofit import (
     parameter_report,
     plan_from_every,
 )
-from .sleep import EVICTION_MODES, SleepCache, SleepSettings, default_loop_span
+from .sleep import EVICTION_MODES, SleepCache, SleepSettings, family_adapter
 
 __all__ = [
     "DTYPES",
@@ -295,7 +295,7 @@ def _build_plan(
     """The fast-weight plan for the request, checked against the base model's layers and the
     loop span (a plan whose blocks all lie outside it would never be slept into)."""
     plan = _requested_plan(source, fast_weights, insert_at, every, with_mlp, loop_span)
-    span = loop_span or default_loop_span(source.family.name, source.config.num_hidden_layers)
+    span = loop_span or family_adapter(source.family.name).default_loop_span(source.config.num_hidden_layers)
     if blocks_outside_loop(plan, span):
         raise ConvertError(
             f"no inserted block lies inside the loop span {list(span)} (layers {span[0]}..{span[1] - 1}; a "
@@ -366,11 +366,10 @@ def _check_loop_span(loop_span: Any, source: ModelSource) -> tuple[int, int] | N
             f"loop_span must be START END with 0 <= START < END <= {num_layers} (END exclusive; "
             f"{source.name!r} has {num_layers} layers), got {loop_span!r}"
         )
-    if source.family.name == "ouro" and span != (0, num_layers):
-        raise ConvertError(
-            f"Ouro loops its whole shared stack; loop_span must be 0 {num_layers} (or left out), "
-            f"got {list(span)}"
-        )
+    try:
+        family_adapter(source.family.name).check_loop_span(span, num_layers)
+    except ValueError as error:
+        raise ConvertError(f"{error} (or leave loop_span out)") from None
     return span
 
 
@@ -744,20 +743,18 @@ def describe(directory: str | os.PathLike) -> dict[str, Any]:
     """
     path, config, model, weights = _checked(directory)
     base_config = config.base_config
-    family = resolve_family(base_config)
+    adapter = family_adapter(base_config)
     report = parameter_report(model.base, model.fast_weights)
     plan = config.plan()
     num_layers = base_config.num_hidden_layers
-    native_layers = [
-        i for i, kind in enumerate(getattr(base_config, "layer_types", None) or []) if kind == "jet"
-    ]
+    native_layers = adapter.native_fast_weight_layers(base_config)
     span = config.loop_span
     dtype = getattr(config, "dtype", None) or getattr(base_config, "dtype", None)
     return {
         "path": str(path.resolve()),
         "architecture": (getattr(base_config, "architectures", None) or [type(model.base).__name__])[0],
         "model_type": base_config.model_type,
-        "family": family.name,
+        "family": adapter.name,
         "num_layers": num_layers,
         "hidden_size": base_config.hidden_size,
         "max_position_embeddings": getattr(base_config, "max_position_embeddings", None),
@@ -778,7 +775,7 @@ def describe(directory: str | os.PathLike) -> dict[str, Any]:
             "passes": config.passes,
             "window": config.window,
             "eviction": config.eviction,
-            "loop_span": list(span) if span is not None else list(default_loop_span(family.name, num_layers)),
+            "loop_span": list(span if span is not None else adapter.default_loop_span(num_layers)),
             "loop_span_is_default": span is None,
         },
         "tokenizer": _has_tokenizer_files(path),

@@ -232,11 +232,10 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
             module.init_output_projections()
 
     def fast_weight_prefixes(self) -> list[str]:
-        """Module-name prefixes (with the trailing dot) of the fast-weight modules: the inserted
-        blocks and, for a Jet-Nemotron base, its jet layers' ``self_attn`` (its own JetBlocks)."""
-        layer_types = getattr(self.config.base_config, "layer_types", None) or []
-        jet = [f"base.model.layers.{i}.self_attn." for i, kind in enumerate(layer_types) if kind == "jet"]
-        return ["fast_weights.", *jet]
+        """Module-name prefixes (with the trailing dot) of the fast-weight modules, as the stack
+        view finds them: the inserted blocks and the base's own (Jet-Nemotron's JetBlocks)."""
+        names = {id(module): name for name, module in self.named_modules()}
+        return [names[id(module)] + "." for module in self.engine().stack.fast_weight_modules()]
 
     def parameters_outside_sleep(self) -> list[str]:
         """Names of the parameters no sleep forward uses (Ouro's early-exit gate: under sleep

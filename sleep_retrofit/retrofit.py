@@ -9,7 +9,8 @@ base model's logits (design.md, "Semantics")::
 
 Where blocks go is a :class:`FastWeightPlan` (JSON-serialisable, stored in converted checkpoints):
 the kind of mixer, the base layer indices after which a block is inserted, whether blocks carry an
-MLP, and the mixer's settings. :func:`default_plan` gives the defaults per family:
+MLP, and the mixer's settings. :func:`default_plan` gives the defaults per family (each family's
+rule is its adapter's ``default_blocks``, sleep/families.py):
 
 =============  ==========================================================================
 family         default plan
@@ -47,8 +48,7 @@ from torch import nn
 from .kernels.validation import check_shape
 from .layers import FastWeightState, GatedDeltaNet, JetBlock, Mamba2
 from .models.common import MLP, RMSNorm
-from .models.registry import resolve_family
-from .sleep.stack import default_loop_span
+from .sleep.families import family_adapter
 
 __all__ = [
     "FAST_WEIGHT_KINDS",
@@ -79,11 +79,6 @@ FAST_WEIGHT_KINDS: tuple[str, ...] = tuple(_MIXERS)
 
 # Set by the block itself, never through mixer_kwargs.
 _RESERVED_MIXER_KWARGS = ("hidden_size", "d_model", "zero_init_output", "layer_idx", "device", "dtype")
-
-# Ouro: the paper's six Jet blocks (fewer when the stack is shallower).
-OURO_NUM_BLOCKS = 6
-# Llama family: one block after every LLAMA_EVERY-th layer.
-LLAMA_EVERY = 4
 
 
 def _check_kind(kind: Any) -> str:
@@ -448,21 +443,21 @@ def default_plan(
     Raises:
         UnsupportedModelError (a ValueError): for a config of no supported family.
     """
-    family = resolve_family(base_config)
     config = base_config.config if isinstance(base_config, nn.Module) else base_config
+    adapter = family_adapter(config)
     num_layers = config.num_hidden_layers
-    if family.name == "ouro":
-        positions = evenly_spaced_positions(num_layers, min(OURO_NUM_BLOCKS, num_layers))
-        plan = FastWeightPlan(kind or "jet", positions, with_mlp)
-    elif family.name == "jet_nemotron":
-        plan = FastWeightPlan(kind or "jet", [], with_mlp)
+    rule = adapter.default_blocks
+    kind = kind or rule.kind
+    if rule.count is not None:
+        positions = evenly_spaced_positions(num_layers, min(rule.count, num_layers))
+        plan = FastWeightPlan(kind, positions, with_mlp)
+    elif rule.every is not None:
+        plan = plan_from_every(num_layers, min(rule.every, num_layers), kind=kind, with_mlp=with_mlp)
     else:
-        plan = plan_from_every(
-            num_layers, min(LLAMA_EVERY, num_layers), kind=kind or "gdn", with_mlp=with_mlp
-        )
-        start, end = loop_span if loop_span is not None else default_loop_span(family.name, num_layers)
-        if not any(start <= i < end for i in plan.insert_after):
-            plan = FastWeightPlan(plan.kind, [end - 1], with_mlp)
+        plan = FastWeightPlan(kind, [], with_mlp)
+    start, end = loop_span if loop_span is not None else adapter.default_loop_span(num_layers)
+    if blocks_outside_loop(plan, (start, end)):
+        plan = FastWeightPlan(plan.kind, [end - 1], with_mlp)
     return plan.resolve(config.hidden_size)
 
 

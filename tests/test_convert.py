@@ -236,7 +236,11 @@ def _unsupported_dir(root: Path) -> Path:
         ("tiny-llama", {"fast_weights": "lstm"}, r"fast_weights must be one of jet, gdn, mamba2"),
         ("tiny-llama", {"dtype": "int8"}, r"dtype must be one of float32, bfloat16, float16, auto"),
         ("tiny-llama", {"loop_span": (6, 2)}, r"loop_span must be START END with 0 <= START < END <= 8"),
-        ("tiny-ouro", {"loop_span": (1, 3)}, r"Ouro loops its whole shared stack; loop_span must be 0 4"),
+        (
+            "tiny-ouro",
+            {"loop_span": (1, 3)},
+            r"Ouro loops its whole shared stack; loop_span must be \(0, 4\), got \[1, 3\]",
+        ),
         ("tiny-jet-nemotron", {"fast_weights": "gdn"}, r"default inserts no blocks.*give insert_at or every"),
         (
             "tiny-llama",

@@ -25,7 +25,7 @@ import sleep_retrofit  # noqa: F401  (registers the native families and the conv
 from sleep_retrofit.layers import FastWeightState
 from sleep_retrofit.modeling import SleepRetrofitForCausalLM
 from sleep_retrofit.sleep import SleepCache, SleepEngine, SleepSettings, StackBlock
-from sleep_retrofit.sleep.stack import JetNemotronLayer
+from sleep_retrofit.sleep.families import JetNemotronLayer, family_adapter
 
 L = 8  # chunk length of every test here unless said otherwise
 FAMILIES = ("llama", "jet_nemotron", "ouro")
@@ -104,8 +104,8 @@ def hand_written_hybrid(model: SleepRetrofitForCausalLM, ids: torch.Tensor, evic
     """
     base, inner = model.base, model.base.model
     blocks = {int(index): block for index, block in model.fast_weights.items()}
-    ouro = base.config.model_type == "ouro"
-    steps = base.config.total_ut_steps if ouro else 1
+    adapter = family_adapter(base.config)  # facts about the family, not the stack view
+    steps, step_norm = adapter.steps_per_pass(base.config), adapter.step_norm(inner)
     length = ids.shape[1]
     if eviction == "hard":
         pieces, window = [(s, min(s + L, length)) for s in range(0, length, L)], None
@@ -122,9 +122,10 @@ def hand_written_hybrid(model: SleepRetrofitForCausalLM, ids: torch.Tensor, evic
                 hidden = layer(hidden, attention_mask=bias, position_embeddings=rope)
                 if index in blocks:
                     hidden, states[index, step] = blocks[index](hidden, state=states.get((index, step)))
-            if ouro:
-                hidden = inner.norm(hidden)  # Ouro's norm between loop steps (and at the end)
-        logits.append(base.lm_head(hidden if ouro else inner.norm(hidden)))
+            if step_norm is not None:
+                hidden = step_norm(hidden)  # Ouro's norm between loop steps (and at the end)
+        final_norm = adapter.final_norm(inner)
+        logits.append(base.lm_head(final_norm(hidden) if final_norm is not None else hidden))
     return torch.cat(logits, dim=1)
 
 

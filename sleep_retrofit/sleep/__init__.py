@@ -1,13 +1,16 @@
-"""The sleep mechanism, family-agnostic: stack view, SleepCache, chunk engine."""
+"""The sleep mechanism: stack view (family adapters in families.py), SleepCache, chunk engine."""
 
+from .blocks import PassContext, StackBlock
 from .cache import SleepCache
 from .engine import SleepEngine
+from .families import FamilyAdapter, family_adapter
 from .masks import attention_bias
 from .settings import EVICTION_MODES, SleepSettings
-from .stack import PassContext, StackBlock, StackView, build_stack, default_loop_span
+from .stack import StackView, build_stack
 
 __all__ = [
     "EVICTION_MODES",
+    "FamilyAdapter",
     "PassContext",
     "SleepCache",
     "SleepEngine",
@@ -16,5 +19,5 @@ __all__ = [
     "StackView",
     "attention_bias",
     "build_stack",
-    "default_loop_span",
+    "family_adapter",
 ]

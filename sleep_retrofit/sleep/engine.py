@@ -26,10 +26,11 @@ from collections.abc import Callable
 
 import torch
 
+from .blocks import PassContext
 from .cache import ConsolidationView, SleepCache
 from .masks import attention_bias
 from .settings import SleepSettings
-from .stack import PassContext, StackView
+from .stack import StackView
 
 
 class SleepEngine:

@@ -1,13 +1,8 @@
 """A stack view of a supported model: embed -> prefix -> loop body -> suffix -> norm -> head.
 
-Sleep repeats the loop body; everything else runs once. The family adapters below say where
-each family keeps its layers, how one of its decoder layers is called, which layers carry
-fast-weight state, and which span loops by default (design.md):
-
-    Ouro           the whole shared stack, one body pass = total_ut_steps steps with the
-                   model norm between steps (Ouro loops natively)
-    Jet-Nemotron   the middle half of its layers (the paper loops 14 of 28)
-    Llama family   the middle half of its layers
+Sleep repeats the loop body; everything else runs once. What differs per family (where its layers
+live, how one is called, windows, the default loop span, Ouro's steps per pass) comes from its
+adapter in families.py.
 
 Inserted fast-weight blocks (modules with ``forward(h, state, attention_mask) -> (h, state)``)
 go right after the base layer whose index keys them, and belong to that layer's segment.
@@ -15,114 +10,16 @@ go right after the base layer whose index keys them, and belong to that layer's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from ..models.registry import resolve_family
+from .blocks import InsertedBlock, PassContext, StackBlock
 from .cache import ConsolidationView
-
-
-@dataclass
-class PassContext:
-    """What every block needs for one call over the same tokens.
-
-    cache: the object attention layers call ``update(k, v, slot)`` on and fast-weight blocks
-        read/write their state through (see ``SleepCache.wake_view`` / ``consolidation_view``).
-    attention_bias: window (None = unbounded) -> [B, 1, Tq, Tk] additive bias, memoised.
-    padding_mask: [B, T] 1/0 (1 = real token), or None when nothing is padded.
-    step: the Ouro loop step being run (0 for other families); selects per-step cache slots.
-    """
-
-    position_embeddings: tuple[torch.Tensor, torch.Tensor]
-    attention_bias: Callable[[int | None], torch.Tensor]
-    padding_mask: torch.Tensor | None
-    cache: object
-    step: int = 0
-
-
-class StackBlock:
-    """One entry of the stack. `stateful` blocks carry fast-weight state across chunks."""
-
-    stateful: bool = False
-
-    def __call__(self, hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
-        raise NotImplementedError
-
-    @property
-    def module(self) -> nn.Module:
-        """The model's own module this entry runs."""
-        return self.layer
-
-
-class InsertedBlock(StackBlock):
-    """A fast-weight block inserted after base layer `after`; one state slot per Ouro step."""
-
-    stateful = True
-
-    def __init__(self, module: nn.Module, after: int):
-        self.layer, self.after = module, after
-
-    def __call__(self, hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
-        key = f"inserted.{self.after}.step{ctx.step}"
-        hidden_states, state = self.layer(
-            hidden_states, state=ctx.cache.get_state(key), attention_mask=ctx.padding_mask
-        )
-        ctx.cache.set_state(key, state)
-        return hidden_states
-
-
-class LlamaFamilyLayer(StackBlock):
-    """A transformers decoder layer (Llama, Qwen2, Qwen3, Mistral): its attention calls
-    ``cache.update(k, v, layer_idx)``."""
-
-    def __init__(self, layer: nn.Module, window: int | None):
-        self.layer, self.window = layer, window
-
-    def __call__(self, hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
-        return self.layer(
-            hidden_states,
-            attention_mask=ctx.attention_bias(self.window),
-            position_embeddings=ctx.position_embeddings,
-            cache=ctx.cache,
-            use_cache=True,
-        )
-
-
-class OuroLayer(StackBlock):
-    """An Ouro shared layer; its KV slot is (step, layer) as in Ouro's own cache."""
-
-    def __init__(self, layer: nn.Module, num_layers: int, window: int | None):
-        self.layer, self.num_layers, self.window = layer, num_layers, window
-
-    def __call__(self, hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
-        return self.layer(
-            hidden_states,
-            position_embeddings=ctx.position_embeddings,
-            attention_mask=ctx.attention_bias(self.window),
-            cache=ctx.cache,
-            cache_layer_idx=ctx.step * self.num_layers + self.layer.layer_idx,
-        )
-
-
-class JetNemotronLayer(StackBlock):
-    """A Jet-Nemotron layer: "jet" layers keep a FastWeightState (``cache.get_jet_state``)."""
-
-    def __init__(self, layer: nn.Module, window: int | None):
-        self.layer, self.window = layer, window
-        self.stateful = layer.layer_type == "jet"
-
-    def __call__(self, hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
-        return self.layer(
-            hidden_states,
-            position_embeddings=ctx.position_embeddings,
-            attention_mask=None if self.stateful else ctx.attention_bias(self.window),
-            padding_mask=ctx.padding_mask,
-            cache=ctx.cache,
-        )
+from .families import family_adapter
 
 
 @dataclass
@@ -142,6 +39,11 @@ class StackView:
     steps_per_pass: int = 1
     step_norm: nn.Module | None = None
     windows: set[int | None] = field(default_factory=set)
+
+    def fast_weight_modules(self) -> list[nn.Module]:
+        """The modules holding fast-weight state: inserted blocks and the base's own (JetBlocks)."""
+        blocks = self.prefix + self.body + self.suffix
+        return [block.fast_weight_module for block in blocks if block.fast_weight_module is not None]
 
     def modules(self) -> list[nn.Module]:
         """Every module sleep runs (their parameters are the ones a sleep forward can train)."""
@@ -209,25 +111,6 @@ class StackView:
         return any(b.stateful for b in self.prefix + self.body + self.suffix)
 
 
-def default_loop_span(family: str, num_layers: int) -> tuple[int, int]:
-    """Ouro loops everything; other families loop their middle half."""
-    if family == "ouro":
-        return (0, num_layers)
-    quarter = num_layers // 4
-    return (quarter, num_layers - quarter)
-
-
-def _layer_window(config, index: int) -> int | None:
-    """A transformers-family layer's own sliding window, if it has one."""
-    layer_types = getattr(config, "layer_types", None)
-    window = getattr(config, "sliding_window", None)
-    if window is None:
-        return None
-    if layer_types is not None:
-        return window if layer_types[index] == "sliding_attention" else None
-    return window if getattr(config, "use_sliding_window", True) else None
-
-
 def build_stack(
     base_model: nn.Module,
     inserted: Mapping[int, nn.Module] | None = None,
@@ -236,61 +119,40 @@ def build_stack(
     """The stack view of `base_model` (a ...ForCausalLM of a supported family) with the
     fast-weight blocks `inserted` (base layer index -> module) placed after their layers."""
     config = base_model.config
-    family = resolve_family(config).name
+    adapter = family_adapter(config)
     inner = base_model.model
     layers = list(inner.layers)
     num_layers = len(layers)
     inserted = dict(inserted or {})
 
-    span = tuple(loop_span) if loop_span is not None else default_loop_span(family, num_layers)
-    if not (0 <= span[0] < span[1] <= num_layers):
-        raise ValueError(
-            f"loop_span must satisfy 0 <= start < end <= {num_layers} (layers), got {list(span)}"
-        )
-    if family == "ouro" and span != (0, num_layers):
-        raise ValueError(
-            f"Ouro loops its whole shared stack; loop_span must be (0, {num_layers}), got {list(span)}"
-        )
+    span = tuple(loop_span) if loop_span is not None else adapter.default_loop_span(num_layers)
+    adapter.check_loop_span(span, num_layers)
     for index in inserted:
         if not 0 <= index < num_layers:
             raise ValueError(
                 f"inserted block after layer {index} is outside the layer range 0..{num_layers - 1}"
             )
 
-    if family == "ouro":
-        windows = [
-            config.sliding_window if config.layer_types[i] == "sliding_attention" else None
-            for i in range(num_layers)
-        ]
-        blocks: list[StackBlock] = [
-            OuroLayer(layer, num_layers, windows[i]) for i, layer in enumerate(layers)
-        ]
-    elif family == "jet_nemotron":
-        windows = [config.swa_window_size() if t == "swa" else None for t in config.layer_types]
-        blocks = [JetNemotronLayer(layer, windows[i]) for i, layer in enumerate(layers)]
-    else:
-        windows = [_layer_window(config, i) for i in range(num_layers)]
-        blocks = [LlamaFamilyLayer(layer, windows[i]) for i, layer in enumerate(layers)]
-
+    windows = adapter.layer_windows(config)
     segments: tuple[list[StackBlock], list[StackBlock], list[StackBlock]] = ([], [], [])
-    for index, block in enumerate(blocks):
+    for index, layer in enumerate(layers):
         segment = 0 if index < span[0] else (1 if index < span[1] else 2)
-        segments[segment].append(block)
+        segments[segment].append(adapter.block(layer, num_layers, windows[index]))
         if index in inserted:
             segments[segment].append(InsertedBlock(inserted[index], index))
 
     return StackView(
-        family=family,
+        family=adapter.name,
         embed=inner.embed_tokens,
         rotary=inner.rotary_emb,
         prefix=segments[0],
         body=segments[1],
         suffix=segments[2],
-        final_norm=None if family == "ouro" else inner.norm,
+        final_norm=adapter.final_norm(inner),
         head=base_model.lm_head,
         loop_span=span,
         num_layers=num_layers,
-        steps_per_pass=config.total_ut_steps if family == "ouro" else 1,
-        step_norm=inner.norm if family == "ouro" else None,
+        steps_per_pass=adapter.steps_per_pass(config),
+        step_norm=adapter.step_norm(inner),
         windows=set(windows),
     )
