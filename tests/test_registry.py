@@ -172,3 +172,16 @@ def test_check_loading_info_direct():
     check_loading_info(layer, {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set()})
     with pytest.raises(CheckpointMismatchError, match="missing tensor 'weight': expected shape \\[2, 3\\]"):
         check_loading_info(layer, {"missing_keys": {"weight"}})
+
+
+def test_every_registered_family_has_a_sleep_adapter() -> None:
+    """A family is its registry entry plus its adapter in sleep/families.py: none may lack one."""
+    from sleep_retrofit.sleep import family_adapter
+
+    for family in FAMILIES:
+        adapter = family_adapter(family.name)
+        assert adapter.name == family.name
+        start, end = adapter.default_loop_span(8)
+        adapter.check_loop_span((start, end), 8)  # its own default passes its own check
+        with pytest.raises(ValueError, match="loop_span"):
+            adapter.check_loop_span((5, 2), 8)
