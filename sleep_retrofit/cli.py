@@ -4,7 +4,6 @@
     sleep-retrofit info DIR                                         what a converted checkpoint is
     sleep-retrofit generate DIR --prompt TEXT [...]                 completion + sleep timings
     sleep-retrofit presets                                          the built-in tiny base models
-    sleep-retrofit demo                                             the fast-weight kernel demo
 
 Subcommands are small functions over the library (sleep_retrofit.convert). Every bad input
 prints one line to stderr and exits with status 2 (argparse's convention), never a traceback,
@@ -16,17 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import torch
-
 from . import __version__
 from .arguments import OneLineParser
-from .convert import DTYPES, ConvertError, convert, describe, load_converted, timed_generate
+from .convert import DTYPES, convert
+from .converted import describe, load_converted
+from .errors import ConvertError
 from .evaluation import add_eval_arguments, run_eval
+from .generation import timed_generate
 from .presets import PRESETS
 from .retrofit import FAST_WEIGHT_KINDS, format_parameter_count
 from .sleep import EVICTION_MODES
@@ -226,47 +225,6 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """Show the fast-weight machinery on a built-in default: the chunked gated delta rule
-    agrees with the token-by-token recurrence and is faster, and a JetBlock carries its state
-    across calls exactly as if the sequence had been processed in one go."""
-    from .kernels import chunk_gated_delta_rule, recurrent_gated_delta_rule
-    from .layers import JetBlock
-
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    b, t, h, dk, dv = 1, args.tokens, 4, 64, 128
-    q, k = torch.randn(b, t, h, dk), torch.randn(b, t, h, dk)
-    v = torch.randn(b, t, h, dv)
-    g = -torch.nn.functional.softplus(torch.randn(b, t, h))
-    beta = torch.rand(b, t, h)
-    kw = dict(use_qk_l2norm_in_kernel=True, output_final_state=True)
-
-    start = time.perf_counter()
-    o_chunk, s_chunk = chunk_gated_delta_rule(q, k, v, g, beta, **kw)
-    t_chunk = time.perf_counter() - start
-    start = time.perf_counter()
-    o_rec, s_rec = recurrent_gated_delta_rule(q, k, v, g, beta, **kw)
-    t_rec = time.perf_counter() - start
-    err = ((o_chunk - o_rec).abs().max() / o_rec.abs().max()).item()
-    print(f"gated delta rule, {t} tokens x {h} heads (K={dk}, V={dv}), {args.threads} thread(s):")
-    print(f"  chunked   {t / t_chunk:12,.0f} tokens/s")
-    print(f"  recurrent {t / t_rec:12,.0f} tokens/s   (chunked is {t_rec / t_chunk:.1f}x faster)")
-    print(f"  max relative difference of outputs: {err:.2e}")
-
-    block = JetBlock(hidden_size=64, num_heads=2, head_dim=16, expand_v=2.0).eval()
-    x = torch.randn(2, 48, 64)
-    with torch.no_grad():
-        y_full, state_full = block(x)
-        y_a, state = block(x[:, :30])
-        y_b, state = block(x[:, 30:], state=state)
-    split_err = (torch.cat([y_a, y_b], dim=1) - y_full).abs().max().item()
-    state_err = (state.recurrent - state_full.recurrent).abs().max().item()
-    print("JetBlock state carry (48 tokens in one call vs 30 + 18 with the state passed along):")
-    print(f"  max output difference {split_err:.2e}, max state difference {state_err:.2e}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="sleep-retrofit",
@@ -425,11 +383,6 @@ def build_parser() -> argparse.ArgumentParser:
     presets = sub.add_parser("presets", help="list the built-in tiny base models")
     presets.set_defaults(func=_presets)
 
-    demo = sub.add_parser("demo", help="run the built-in fast-weight kernel demo (CPU, a few seconds)")
-    demo.add_argument("--tokens", type=_positive_int, default=2048, help="sequence length (default 2048)")
-    demo.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default 1)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.set_defaults(func=_demo)
     return parser
 
 

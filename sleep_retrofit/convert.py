@@ -1,5 +1,4 @@
-"""Convert a pretrained checkpoint (or a built-in preset) into a sleep-retrofit checkpoint, describe
-one, and generate from one with timings.
+"""Convert a pretrained checkpoint (or a built-in preset) into a sleep-retrofit checkpoint.
 
 ``convert`` is what ``sleep-retrofit convert`` runs::
 
@@ -13,65 +12,46 @@ and the valid choices, before anything is written. A conversion that fails or is
 midway (Ctrl-C included) removes its temporary directory, so OUT is either absent, the complete
 new checkpoint, or, with ``overwrite``, the untouched old one.
 
-``describe`` reads a converted directory for ``sleep-retrofit info``; ``load_converted`` and
-``timed_generate`` are what ``sleep-retrofit generate`` runs.
+Reading, checking and loading a converted directory is converted.py; timed generation is
+generation.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pickle
 import re
 import shutil
-import statistics
 import tempfile
-import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LogitsProcessor,
-    LogitsProcessorList,
-    PreTrainedConfig,
-)
-from transformers.utils import logging as hf_logging
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig
 
+from .checks import is_int
+from .converted import (
+    UnreadableWeightsError,
+    check_window_limit,
+    has_tokenizer_files,
+    is_converted_checkpoint,
+    quiet_transformers,
+    read_safetensors_header,
+)
+from .errors import ConvertError, first_line
 from .modeling import SleepRetrofitConfig, SleepRetrofitForCausalLM
 from .models.registry import ModelFamily, UnsupportedModelError, resolve_family, supported_model_types
 from .presets import PRESETS, is_preset, load_preset, preset_config, preset_tokenizer
 from .publish import recover_leftovers, replace_directory, staging_directory
-from .retrofit import (
-    FAST_WEIGHT_KINDS,
-    FastWeightPlan,
-    blocks_outside_loop,
-    default_plan,
-    parameter_report,
-    plan_from_every,
-)
-from .sleep import EVICTION_MODES, SleepCache, SleepSettings, family_adapter
+from .retrofit import FAST_WEIGHT_KINDS, FastWeightPlan, blocks_outside_loop, default_plan, plan_from_every
+from .sleep import EVICTION_MODES, SleepSettings, family_adapter
 
-__all__ = [
-    "DTYPES",
-    "ConvertError",
-    "GenerationReport",
-    "ModelSource",
-    "convert",
-    "describe",
-    "load_converted",
-    "resolve_source",
-    "timed_generate",
-]
+__all__ = ["DTYPES", "ConvertError", "ModelSource", "convert", "default_window", "resolve_source"]
 
 # CLI name -> torch dtype; "auto" keeps the checkpoint's own dtype (float32 for presets).
 DTYPES: dict[str, torch.dtype | None] = {
@@ -81,53 +61,11 @@ DTYPES: dict[str, torch.dtype | None] = {
     "auto": None,
 }
 
-# Files whose presence says a local directory ships a tokenizer.
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "spiece.model",
-)
 # "owner/name" as the Hub spells repository ids.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
 
 
-class ConvertError(ValueError):
-    """A bad conversion (or info / generate) request; the message is one line naming the problem
-    and the valid choices. The CLI prints it and exits with status 2."""
-
-
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@contextlib.contextmanager
-def _quiet_transformers(keep_bars: bool = False) -> Iterator[None]:
-    """Silence transformers' info/warning logs and, unless `keep_bars`, its own progress bars
-    ("Loading weights", "Writing model shards") for the duration; ours report the stages instead.
-    Hub downloads and large local checkpoints keep their bars (`keep_bars`): minutes of loading
-    or a multi-GB download must not look like a hang."""
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    if not keep_bars:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _stage_bar(total: int, desc: str, progress: bool) -> tqdm:
@@ -215,12 +153,12 @@ def resolve_source(model: str | os.PathLike, *, trust_remote_code: bool = False)
         )
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             raw, _ = PreTrainedConfig.get_config_dict(location)
     except (OSError, ValueError) as error:
         where = "read the config of" if kind == "local" else "fetch the Hub config of"
         raise ConvertError(
-            f"could not {where} {text!r} ({_first_line(error)}); {_source_choices()}"
+            f"could not {where} {text!r} ({first_line(error)}); {_source_choices()}"
         ) from error
     if not isinstance(raw, dict):
         raise ConvertError(f"the config.json of {text!r} holds a JSON {type(raw).__name__}, not a config")
@@ -238,10 +176,10 @@ def resolve_source(model: str | os.PathLike, *, trust_remote_code: bool = False)
             f"{', '.join(supported_model_types())}"
         ) from None
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
-        raise ConvertError(f"could not read the config of {text!r}: {_first_line(error)}") from error
+        raise ConvertError(f"could not read the config of {text!r}: {first_line(error)}") from error
     return ModelSource(kind, location, config, family)
 
 
@@ -250,9 +188,9 @@ def resolve_source(model: str | os.PathLike, *, trust_remote_code: bool = False)
 
 def _check_settings(passes: Any, window: Any, eviction: Any, fast_weights: Any, dtype: Any) -> None:
     """The checks that need no config."""
-    if not _is_int(passes) or passes < 1:
+    if not is_int(passes) or passes < 1:
         raise ConvertError(f"passes (N) must be an integer >= 1, got {passes!r}")
-    if not _is_int(window) or window < 1:
+    if not is_int(window) or window < 1:
         raise ConvertError(f"window (L) must be an integer >= 1, got {window!r}")
     if eviction not in EVICTION_MODES:
         raise ConvertError(f"eviction must be one of {', '.join(EVICTION_MODES)}, got {eviction!r}")
@@ -272,16 +210,7 @@ def default_window(config: PreTrainedConfig) -> int:
     """The window conversion picks when none is given: 2048 (the paper's scale), or the base
     model's max_position_embeddings when that is smaller (a chunk must fit its positions)."""
     limit = getattr(config, "max_position_embeddings", None)
-    return min(DEFAULT_WINDOW, limit) if _is_int(limit) and limit >= 1 else DEFAULT_WINDOW
-
-
-def _check_window_limit(window: int, config: PreTrainedConfig, what: str) -> None:
-    limit = getattr(config, "max_position_embeddings", None)
-    if _is_int(limit) and window > limit:
-        raise ConvertError(
-            f"window (L) {window} is larger than the position limit of {what} "
-            f"(max_position_embeddings {limit}); choose a window in 1..{limit}"
-        )
+    return min(DEFAULT_WINDOW, limit) if is_int(limit) and limit >= 1 else DEFAULT_WINDOW
 
 
 def _build_plan(
@@ -327,7 +256,7 @@ def _requested_plan(
         if isinstance(insert_at, (str, bytes)) or not hasattr(insert_at, "__iter__"):
             raise ConvertError(f"insert_at must be a list of layer indices, got {insert_at!r}")
         indices = list(insert_at)
-        bad = [i for i in indices if not _is_int(i) or not 0 <= i < num_layers]
+        bad = [i for i in indices if not is_int(i) or not 0 <= i < num_layers]
         if bad or not indices:
             raise ConvertError(
                 f"insert_at {indices} has layer(s) outside the base model's layer range: "
@@ -339,7 +268,7 @@ def _requested_plan(
             raise ConvertError(f"insert_at {indices} repeats a layer; one block per position")
         return FastWeightPlan(kind, indices, with_mlp).resolve(config.hidden_size)
     if every is not None:
-        if not _is_int(every) or not 1 <= every <= num_layers:
+        if not is_int(every) or not 1 <= every <= num_layers:
             raise ConvertError(
                 f"every must be an integer in 1..{num_layers} ({source.name!r} has {num_layers} layers), "
                 f"got {every!r}"
@@ -361,7 +290,7 @@ def _check_loop_span(loop_span: Any, source: ModelSource) -> tuple[int, int] | N
         return None
     num_layers = source.config.num_hidden_layers
     span = tuple(loop_span) if hasattr(loop_span, "__iter__") and not isinstance(loop_span, str) else ()
-    if len(span) != 2 or not all(_is_int(i) for i in span) or not 0 <= span[0] < span[1] <= num_layers:
+    if len(span) != 2 or not all(is_int(i) for i in span) or not 0 <= span[0] < span[1] <= num_layers:
         raise ConvertError(
             f"loop_span must be START END with 0 <= START < END <= {num_layers} (END exclusive; "
             f"{source.name!r} has {num_layers} layers), got {loop_span!r}"
@@ -371,15 +300,6 @@ def _check_loop_span(loop_span: Any, source: ModelSource) -> tuple[int, int] | N
     except ValueError as error:
         raise ConvertError(f"{error} (or leave loop_span out)") from None
     return span
-
-
-def is_converted_checkpoint(directory: Path) -> bool:
-    """A directory that convert (or save_pretrained of a converted model) wrote."""
-    try:
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and config.get("model_type") == SleepRetrofitConfig.model_type
 
 
 def _check_replaceable(path: Path, given: str) -> None:
@@ -445,28 +365,20 @@ def _can_create_in(directory: Path) -> bool:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def _has_tokenizer_files(directory: Path) -> bool:
-    return any((directory / name).is_file() for name in _TOKENIZER_FILES)
-
-
 def _load_tokenizer(source: ModelSource, trust_remote_code: bool):
     """The source's tokenizer, or None when it ships none."""
     if source.kind == "preset":
         return preset_tokenizer()
-    if source.kind == "local" and not _has_tokenizer_files(Path(source.name)):
+    if source.kind == "local" and not has_tokenizer_files(Path(source.name)):
         return None
     try:
         return AutoTokenizer.from_pretrained(source.name, trust_remote_code=trust_remote_code)
     except OSError as error:
         if source.kind == "hub":  # a Hub repository without tokenizer files
             return None
-        raise ConvertError(
-            f"could not load the tokenizer of {source.name!r}: {_first_line(error)}"
-        ) from error
+        raise ConvertError(f"could not load the tokenizer of {source.name!r}: {first_line(error)}") from error
     except ValueError as error:
-        raise ConvertError(
-            f"could not load the tokenizer of {source.name!r}: {_first_line(error)}"
-        ) from error
+        raise ConvertError(f"could not load the tokenizer of {source.name!r}: {first_line(error)}") from error
 
 
 def _load_base(source: ModelSource, dtype: str, trust_remote_code: bool):
@@ -481,7 +393,7 @@ def _load_base(source: ModelSource, dtype: str, trust_remote_code: bool):
             source.name, dtype=torch_dtype or "auto", trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError, SafetensorError) as error:
-        raise ConvertError(f"could not load the base model {source.name!r}: {_first_line(error)}") from error
+        raise ConvertError(f"could not load the base model {source.name!r}: {first_line(error)}") from error
     except pickle.UnpicklingError as error:  # never retried with weights_only=False: that runs its code
         raise ConvertError(
             f"could not load the base model {source.name!r}: its pickle weights (.bin) are corrupt or hold "
@@ -503,7 +415,7 @@ def _first_shape_mismatch(source: ModelSource) -> str | None:
     local safetensors checkpoint whose shape differs from a model built from its config."""
     if source.path is None:
         return None
-    with torch.device("meta"), _quiet_transformers():
+    with torch.device("meta"), quiet_transformers():
         expected = {
             name: list(t.shape)
             for name, t in AutoModelForCausalLM.from_config(source.config).state_dict().items()
@@ -606,7 +518,7 @@ def convert(
         raise ConvertError(f"overwrite must be True or False, got {overwrite!r}")
     source = resolve_source(model, trust_remote_code=trust_remote_code)
     window = default_window(source.config) if window is None else window
-    _check_window_limit(window, source.config, repr(source.name))
+    check_window_limit(window, source.config, repr(source.name))
     span = _check_loop_span(loop_span, source)
     plan = _build_plan(source, fast_weights, insert_at, every, with_mlp, span)
     settings = SleepSettings(passes=passes, window=window, eviction=eviction, loop_span=span)
@@ -614,7 +526,7 @@ def convert(
 
     with (
         _stage_bar(5, f"convert {source.name}", progress) as bar,
-        _quiet_transformers(keep_bars=progress and source.shows_loading_bars()),
+        quiet_transformers(keep_bars=progress and source.shows_loading_bars()),
     ):
         bar.set_postfix_str("tokenizer")
         tokenizer = _load_tokenizer(source, trust_remote_code)
@@ -648,385 +560,3 @@ def convert(
             _remove_empty(created)
             raise
     return out_path
-
-
-# --------------------------------------------------------------------------------------------- describe
-
-
-def read_converted_config(directory: str | os.PathLike) -> tuple[Path, SleepRetrofitConfig]:
-    """The directory and its SleepRetrofitConfig, or a ConvertError saying what is wrong with it
-    (not a directory, no or unreadable config.json, another model type, invalid sleep settings or
-    an unsupported base, as a hand-edited config may have)."""
-    path = Path(directory).expanduser()
-    shown = os.fspath(directory)
-    if not path.is_dir():
-        raise ConvertError(f"{shown!r} is not a directory; give a converted checkpoint directory")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ConvertError(f"{shown!r} has no config.json; give a converted checkpoint directory")
-    try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
-        raise ConvertError(f"cannot read {str(config_file)!r}: {_first_line(error)}") from error
-    if not isinstance(raw, dict):
-        raise ConvertError(
-            f"{str(config_file)!r} holds a JSON {type(raw).__name__}, not a config (a JSON object)"
-        )
-    model_type = raw.get("model_type")
-    if model_type != SleepRetrofitConfig.model_type:
-        raise ConvertError(
-            f"{shown!r} is not a sleep-retrofit checkpoint (model_type {model_type!r}); "
-            f"convert it first with `sleep-retrofit convert --model {shown} --out DIR`"
-        )
-    try:
-        with _quiet_transformers():
-            config = SleepRetrofitConfig.from_pretrained(path)
-        resolve_family(config.base_config)
-        config.plan()
-    except (ValueError, TypeError, KeyError, UnsupportedModelError) as error:
-        raise ConvertError(
-            f"{str(config_file)!r} is not a valid sleep-retrofit config: {_first_line(error)}; "
-            "convert the base model again (or undo the edit)"
-        ) from None
-    return path, config
-
-
-def _check_tokenizer_files(directory: Path) -> None:
-    """A tokenizer.json that is not JSON would fail deep inside `tokenizers`; say so here."""
-    file = directory / "tokenizer.json"
-    if file.is_file():
-        try:
-            json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise ConvertError(
-                f"{str(file)!r} is not readable ({_first_line(error)}); copy the checkpoint's tokenizer again"
-            ) from None
-
-
-def _checked(directory: str | os.PathLike) -> tuple[Path, SleepRetrofitConfig, nn.Module, dict[str, Any]]:
-    """(path, config, a meta-device model of it, the weight-file summary) once the config, the
-    weight files (headers and sizes against the model) and the tokenizer files have passed."""
-    path, config = read_converted_config(directory)
-    with torch.device("meta"), _quiet_transformers():
-        model = SleepRetrofitForCausalLM(config)
-    weights = check_weights(path, model)
-    _check_tokenizer_files(path)
-    return path, config, model, weights
-
-
-def check_checkpoint(directory: str | os.PathLike) -> tuple[Path, SleepRetrofitConfig]:
-    """Everything a load needs, checked cheaply before loading anything: the config
-    (:func:`read_converted_config`), the weight files against it (:func:`check_weights`) and the
-    tokenizer files. Returns ``(path, config)``; raises ConvertError naming the first problem."""
-    path, config, _, _ = _checked(directory)
-    return path, config
-
-
-def describe(directory: str | os.PathLike) -> dict[str, Any]:
-    """What a converted checkpoint is, for ``sleep-retrofit info`` (JSON-serialisable).
-
-    Parameters are counted on a meta-device model built from the config (nothing loaded); the
-    weight files are checked against it from their headers and sizes (:func:`check_weights`).
-
-    Returns:
-        ``{"path", "architecture", "model_type", "family", "num_layers", "hidden_size",
-        "max_position_embeddings", "dtype", "base_parameters", "added_parameters", "percent_added",
-        "parameter_summary", "fast_weights": {"kind", "insert_after", "with_mlp", "num_blocks",
-        "mixer_kwargs", "native_layers"}, "sleep": {"passes", "window", "eviction", "loop_span",
-        "loop_span_is_default"}, "tokenizer": bool, "weights": {"files", "bytes", "tensors"}}``.
-        ``native_layers`` lists the base model's own fast-weight layers (Jet-Nemotron's
-        JetBlocks), ``loop_span`` is [start, end) resolved.
-
-    Raises:
-        ConvertError: when the directory is missing or not a converted checkpoint, or its
-            weights are missing, truncated or do not fit its config.
-    """
-    path, config, model, weights = _checked(directory)
-    base_config = config.base_config
-    adapter = family_adapter(base_config)
-    report = parameter_report(model.base, model.fast_weights)
-    plan = config.plan()
-    num_layers = base_config.num_hidden_layers
-    native_layers = adapter.native_fast_weight_layers(base_config)
-    span = config.loop_span
-    dtype = getattr(config, "dtype", None) or getattr(base_config, "dtype", None)
-    return {
-        "path": str(path.resolve()),
-        "architecture": (getattr(base_config, "architectures", None) or [type(model.base).__name__])[0],
-        "model_type": base_config.model_type,
-        "family": adapter.name,
-        "num_layers": num_layers,
-        "hidden_size": base_config.hidden_size,
-        "max_position_embeddings": getattr(base_config, "max_position_embeddings", None),
-        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
-        "base_parameters": report["base_parameters"],
-        "added_parameters": report["added_parameters"],
-        "percent_added": report["percent_added"],
-        "parameter_summary": report["summary"],
-        "fast_weights": {
-            "kind": plan.kind,
-            "insert_after": list(plan.insert_after),
-            "with_mlp": plan.with_mlp,
-            "num_blocks": plan.num_blocks,
-            "mixer_kwargs": dict(plan.mixer_kwargs),
-            "native_layers": native_layers,
-        },
-        "sleep": {
-            "passes": config.passes,
-            "window": config.window,
-            "eviction": config.eviction,
-            "loop_span": list(span if span is not None else adapter.default_loop_span(num_layers)),
-            "loop_span_is_default": span is None,
-        },
-        "tokenizer": _has_tokenizer_files(path),
-        "weights": weights,
-    }
-
-
-class UnreadableWeightsError(ValueError):
-    """A safetensors file that is cut short or is not safetensors at all."""
-
-
-def read_safetensors_header(file: Path) -> dict[str, list[int]]:
-    """{tensor name: shape} from a safetensors file's header, after checking that the file holds
-    every byte the header promises (a truncated copy fails here, without reading the data).
-
-    Raises:
-        UnreadableWeightsError: naming the file and what is wrong with it.
-    """
-    size = file.stat().st_size
-    with file.open("rb") as handle:
-        length = int.from_bytes(handle.read(8), "little")
-        if size >= 8 and length > size - 8 and length < 100 * 2**20:  # a plausible header, cut off
-            raise UnreadableWeightsError(
-                f"{str(file)!r} is truncated: {size:,} bytes, shorter than its own header"
-            )
-        raw = handle.read(length) if size >= 8 and length <= size - 8 else b""
-    try:
-        header = json.loads(raw)
-        if not isinstance(header, dict):
-            raise ValueError("its header is not a table of tensors")
-        header.pop("__metadata__", None)
-        end = max((int(entry["data_offsets"][1]) for entry in header.values()), default=0)
-        shapes = {name: [int(n) for n in entry["shape"]] for name, entry in header.items()}
-    except (ValueError, KeyError, TypeError, IndexError) as error:
-        raise UnreadableWeightsError(f"{str(file)!r} is not a readable safetensors file ({error})") from None
-    if 8 + length + end > size:
-        raise UnreadableWeightsError(f"{str(file)!r} is truncated: {size:,} of {8 + length + end:,} bytes")
-    return shapes
-
-
-def check_weights(directory: Path, model: nn.Module) -> dict[str, Any]:
-    """Check, cheaply (headers and sizes, no tensor read), that a checkpoint's safetensors files
-    are complete and hold every tensor of `model` (a meta-device model of its config) with its
-    shape. Returns {"files", "bytes", "tensors"}; raises ConvertError naming what is wrong."""
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise ConvertError(f"cannot read {str(index)!r} ({_first_line(error)}); convert again") from None
-    else:
-        names = ["model.safetensors"]
-    files = [directory / name for name in names]
-    absent = [f.name for f in files if not f.is_file()]
-    if absent:
-        raise ConvertError(
-            f"{str(directory)!r} lacks its weights ({', '.join(absent)}); copy the whole checkpoint "
-            "directory, or convert again"
-        )
-    stored: dict[str, list[int]] = {}
-    for file in files:
-        try:
-            stored.update(read_safetensors_header(file))
-        except UnreadableWeightsError as error:
-            raise ConvertError(f"{error}; copy or convert it again") from None
-    expected = model.state_dict(keep_vars=True)  # the tensors themselves: tied ones share an id
-    # Tied tensors (an output head sharing the embedding) are stored once, under any of their names.
-    groups: dict[int, list[str]] = {}
-    for name, tensor in expected.items():
-        groups.setdefault(id(tensor), []).append(name)
-    missing = [names_[0] for names_ in groups.values() if not any(n in stored for n in names_)]
-    wrong = [
-        f"{name} {stored[name]} (the config needs {list(tensor.shape)})"
-        for name, tensor in expected.items()
-        if name in stored and stored[name] != list(tensor.shape)
-    ]
-    if missing or wrong:
-        problem = (
-            f"missing {len(missing)} tensor(s), e.g. {missing[0]}" if missing else f"wrong shape: {wrong[0]}"
-        )
-        raise ConvertError(f"{str(directory)!r} does not match its config.json: {problem}; convert again")
-    return {"files": names, "bytes": sum(f.stat().st_size for f in files), "tensors": len(stored)}
-
-
-# --------------------------------------------------------------------------------------------- generate
-
-
-def load_converted(
-    directory: str | os.PathLike,
-    *,
-    passes: int | None = None,
-    window: int | None = None,
-    eviction: str | None = None,
-):
-    """Load a converted checkpoint and its tokenizer, with sleep settings overridden (None = keep).
-
-    Returns:
-        ``(model, tokenizer)``, the model in eval mode.
-
-    Raises:
-        ConvertError: for a directory that is not a converted checkpoint or has no tokenizer, or a
-            bad override (listing the valid values).
-    """
-    path, config = check_checkpoint(directory)
-    if passes is not None and (not _is_int(passes) or passes < 1):
-        raise ConvertError(f"passes (N) must be an integer >= 1, got {passes!r}")
-    if window is not None:
-        if not _is_int(window) or window < 1:
-            raise ConvertError(f"window (L) must be an integer >= 1, got {window!r}")
-        _check_window_limit(window, config.base_config, "the base model")
-    if eviction is not None and eviction not in EVICTION_MODES:
-        raise ConvertError(f"eviction must be one of {', '.join(EVICTION_MODES)}, got {eviction!r}")
-    if not _has_tokenizer_files(path):
-        raise ConvertError(f"{os.fspath(directory)!r} has no tokenizer files; it cannot generate from text")
-    overrides = {
-        k: v for k, v in dict(passes=passes, window=window, eviction=eviction).items() if v is not None
-    }
-    from safetensors import SafetensorError
-
-    try:
-        with _quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(path, **overrides).eval()
-            tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, SafetensorError) as error:  # what the cheap checks cannot see
-        raise ConvertError(f"cannot load {os.fspath(directory)!r}: {_first_line(error)}") from error
-    return model, tokenizer
-
-
-@dataclass
-class GenerationReport:
-    """What :func:`timed_generate` measured. Times in seconds.
-
-    ``wake_seconds`` holds one entry per decode step after the first token: the forward of one
-    token minus any consolidation that step triggered (a chunk filled up), i.e. the wake cost.
-    """
-
-    completion: str
-    prompt_tokens: int
-    new_tokens: int
-    settings: SleepSettings
-    ingestion_seconds: float
-    prompt_consolidations: int
-    prompt_consolidation_seconds: float
-    consolidations: int
-    consolidation_seconds: float
-    evictions: int
-    tokens_consumed: int
-    wake_seconds: list[float] = field(default_factory=list)
-
-    @property
-    def median_wake_seconds(self) -> float | None:
-        return statistics.median(self.wake_seconds) if self.wake_seconds else None
-
-    @property
-    def amortised_consolidation_seconds(self) -> float:
-        """Consolidation time spread over every token consumed (prompt and generated)."""
-        return self.consolidation_seconds / self.tokens_consumed if self.tokens_consumed else 0.0
-
-
-class _StepClock(LogitsProcessor):
-    """Called by generate() once after every forward: records the time and the cache's
-    consolidation totals, leaving the scores untouched."""
-
-    def __init__(self, cache: SleepCache, bar: tqdm) -> None:
-        self.cache, self.bar = cache, bar
-        self.marks: list[tuple[float, int, float]] = []
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        stats = self.cache.stats
-        self.marks.append((time.perf_counter(), stats["consolidations"], stats["consolidation_seconds"]))
-        self.bar.update()
-        return scores
-
-
-def timed_generate(
-    model: SleepRetrofitForCausalLM,
-    tokenizer,
-    prompt: str,
-    *,
-    max_new_tokens: int = 32,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    seed: int = 0,
-    warmup: bool = True,
-    progress: bool = True,
-) -> GenerationReport:
-    """Generate a completion of `prompt` with ``model.generate`` on a SleepCache of our own, and
-    time prompt ingestion, consolidation and per-token wake decoding.
-
-    Sampling (``do_sample``) draws from the whole vocabulary at ``temperature``; ``seed`` seeds it.
-    With ``warmup`` the first 8 prompt tokens (at a window of 4: a wake pass, a consolidation)
-    and one decode step are run once on a scratch cache before timing: the first calls of torch
-    ops on CPU can be 10-100x slower than later ones and would otherwise dominate short runs.
-
-    Raises:
-        ConvertError: for an empty prompt, max_new_tokens < 1 or temperature <= 0.
-    """
-    if not isinstance(prompt, str) or not prompt:
-        raise ConvertError("prompt must be a non-empty string")
-    if not _is_int(max_new_tokens) or max_new_tokens < 1:
-        raise ConvertError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ConvertError(f"temperature must be > 0, got {temperature!r}")
-    encoded = tokenizer(prompt, return_tensors="pt")
-    input_ids = encoded["input_ids"]
-    if input_ids.shape[1] == 0:
-        raise ConvertError("prompt encodes to no tokens")
-    if warmup:
-        with torch.no_grad():
-            # A few tokens at a tiny window exercise a wake pass, a consolidation and a decode
-            # step without paying for a full N-pass chunk (2048 tokens x N on a real model).
-            scratch = SleepCache()
-            head = input_ids[:, :8]
-            model(head, cache=scratch, logits_to_keep=1, window=min(4, model.config.window))
-            model(head[:, :1], cache=scratch, logits_to_keep=1, window=min(4, model.config.window))
-    cache = SleepCache()
-    sampling = {"do_sample": True, "temperature": float(temperature), "top_k": 0, "top_p": 1.0}
-    with (
-        tqdm(
-            total=max_new_tokens, desc="generate", unit="tok", disable=None if progress else True, leave=False
-        ) as bar,
-        _quiet_transformers(),
-    ):
-        clock = _StepClock(cache, bar)
-        torch.manual_seed(seed)
-        began = time.perf_counter()
-        output = model.generate(
-            input_ids,
-            attention_mask=encoded.get("attention_mask"),
-            cache=cache,
-            max_new_tokens=max_new_tokens,
-            logits_processor=LogitsProcessorList([clock]),
-            **(sampling if do_sample else {"do_sample": False}),
-        )
-    prompt_tokens = input_ids.shape[1]
-    new_ids = output[0, prompt_tokens:]
-    first_time, prompt_count, prompt_seconds = clock.marks[0]
-    wake = []
-    for (t0, _, c0), (t1, _, c1) in zip(clock.marks[:-1], clock.marks[1:], strict=True):
-        wake.append((t1 - t0) - (c1 - c0))
-    return GenerationReport(
-        completion=tokenizer.decode(new_ids, skip_special_tokens=False),
-        prompt_tokens=prompt_tokens,
-        new_tokens=int(new_ids.numel()),
-        settings=model.engine().settings,
-        ingestion_seconds=first_time - began,
-        prompt_consolidations=prompt_count,
-        prompt_consolidation_seconds=prompt_seconds,
-        consolidations=cache.stats["consolidations"],
-        consolidation_seconds=cache.stats["consolidation_seconds"],
-        evictions=cache.stats["evictions"],
-        tokens_consumed=cache.seen_tokens,
-        wake_seconds=wake,
-    )

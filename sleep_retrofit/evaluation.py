@@ -294,7 +294,8 @@ def _check_device(name: Any) -> None:
 def _read_model_config(model_dir: Path) -> dict[str, Any]:
     """config.json of a converted checkpoint whose config, weight files and tokenizer files passed
     the checks a load needs (convert.check_checkpoint), as a dict."""
-    from .convert import ConvertError, check_checkpoint
+    from .converted import check_checkpoint
+    from .errors import ConvertError
 
     if not model_dir.exists():
         _fail(f"model directory does not exist: {model_dir}")

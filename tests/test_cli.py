@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sleep_retrofit import convert as convert_module
 from sleep_retrofit.cli import main
+from sleep_retrofit.converted import describe
 from sleep_retrofit.presets import PRESETS, load_preset
 
 LONG_PROMPT = (
@@ -69,7 +70,7 @@ def test_info_text_and_json(converted, capsys):
     assert "passes N=2, window L=16, eviction hard, loop body layers 2..5 (family default)" in text
     assert run(["info", converted, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info == convert_module.describe(converted)
+    assert info == describe(converted)
     assert f"+{info['percent_added']:.2f}%" in text
 
 
@@ -113,10 +114,14 @@ def test_presets_lists_every_preset(capsys):
     assert [line.split()[0] for line in lines] == list(PRESETS)
 
 
-def test_kernel_demo_still_runs(capsys):
-    assert run(["demo", "--tokens", "128"]) == 0
-    out = capsys.readouterr().out
-    assert "gated delta rule, 128 tokens" in out and "JetBlock state carry" in out
+def test_kernel_demo_example_runs():
+    script = Path(__file__).resolve().parents[1] / "examples" / "kernel_demo.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--tokens", "128"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "gated delta rule, 128 tokens" in done.stdout and "JetBlock state carry" in done.stdout
+    assert float(done.stdout.split("max relative difference of outputs: ")[1].split()[0]) < 1e-4
 
 
 # ------------------------------------------------------------------------------------- bad input

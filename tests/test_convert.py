@@ -16,7 +16,9 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig
 
 import sleep_retrofit  # noqa: F401  (registers the Auto classes)
-from sleep_retrofit.convert import ConvertError, convert, describe, load_converted, timed_generate
+from sleep_retrofit.convert import ConvertError, convert
+from sleep_retrofit.converted import describe, load_converted
+from sleep_retrofit.generation import timed_generate
 from sleep_retrofit.modeling import SleepRetrofitForCausalLM
 from sleep_retrofit.presets import load_preset
 from sleep_retrofit.retrofit import parameter_report

@@ -115,7 +115,7 @@ def check_resumable(stage_dir: Path, config: TrainConfig, *, finished: bool = Fa
 # ----------------------------------------------------------------------------- validation
 def _problem(path: Path) -> str | None:
     """Why the checkpoint at `path` cannot be loaded whole, or None. Reads every file, runs none."""
-    from ..convert import read_safetensors_header
+    from ..converted import read_safetensors_header
 
     state = path / STATE_FILE
     try:

@@ -10,7 +10,8 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from ..convert import ConvertError, check_checkpoint, is_converted_checkpoint
+from ..converted import check_checkpoint, is_converted_checkpoint
+from ..errors import ConvertError
 from ..modeling import SleepRetrofitForCausalLM
 from ..sleep import SleepSettings
 from .config import ConfigError, LoraConfig, TrainConfig

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..convert import is_converted_checkpoint
+from ..converted import is_converted_checkpoint
 from ..publish import recover_leftovers, replace_directory, staging_directory
 from ..tasks import SleepCollator
 from .checkpoints import check_resumable, find_checkpoints, load_latest, save_checkpoint
