@@ -302,7 +302,7 @@ def bench_decode(
     ids = random_ids(prompt + steps, seed)
     caches, results = {}, {}
     for passes in PASSES:
-        caches[passes] = SleepCache()
+        caches[passes] = SleepCache(timed=True)
         model(ids[:, :prompt], cache=caches[passes], passes=passes, logits_to_keep=1)
         results[passes] = DecodeResult(passes)
     start_stats = {n: dict(c.stats) for n, c in caches.items()}

@@ -103,11 +103,11 @@ def timed_generate(
         with torch.no_grad():
             # A few tokens at a tiny window exercise a wake pass, a consolidation and a decode
             # step without paying for a full N-pass chunk (2048 tokens x N on a real model).
-            scratch = SleepCache()
+            scratch = SleepCache(timed=True)
             head = input_ids[:, :8]
             model(head, cache=scratch, logits_to_keep=1, window=min(4, model.config.window))
             model(head[:, :1], cache=scratch, logits_to_keep=1, window=min(4, model.config.window))
-    cache = SleepCache()
+    cache = SleepCache(timed=True)
     sampling = {"do_sample": True, "temperature": float(temperature), "top_k": 0, "top_p": 1.0}
     with (
         tqdm(

@@ -292,10 +292,10 @@ def test_attention_cache_at_16k_tokens_equals_that_at_1k(models, family, evictio
 class DetachAtFirstEviction(SleepCache):
     """A cache that cuts the gradient path through the fast-weight state at the first eviction."""
 
-    def start_next_chunk(self) -> None:
-        if self.stats["evictions"] == 1:
+    def commit_chunk(self, eviction: str) -> None:
+        if self.stats["evictions"] == 0:
             self.states = {key: state.detach() for key, state in self.states.items()}
-        super().start_next_chunk()
+        super().commit_chunk(eviction)
 
 
 def last_chunk_loss(model, ids, passes, cache=None):
@@ -450,3 +450,15 @@ def test_cuda_matches_cpu(models, family, eviction):
         cuda_model = copy.deepcopy(model).cuda()
         result = cuda_model(ids.cuda(), passes=3, eviction=eviction).logits.cpu()
     torch.testing.assert_close(result, expected, atol=1e-3, rtol=1e-3)
+
+
+def test_consolidations_are_counted_always_and_timed_only_on_a_timed_cache(models):
+    """The engine brackets each consolidation (cache.consolidating); the clock, which on CUDA
+    synchronises the device, runs only for a cache made with timed=True (generate's report)."""
+    ids = random_ids(1, 2 * L, seed=1)
+    for timed in (False, True):
+        cache = SleepCache(timed=timed)
+        with torch.no_grad():
+            models["llama"](ids, cache=cache, passes=2)
+        assert cache.stats["consolidations"] == 2 and cache.stats["evictions"] == 2
+        assert (cache.stats["consolidation_seconds"] > 0) == timed

@@ -18,14 +18,13 @@ class PassContext:
         read/write their state through (see ``SleepCache.wake_view`` / ``consolidation_view``).
     attention_bias: window (None = unbounded) -> [B, 1, Tq, Tk] additive bias, memoised.
     padding_mask: [B, T] 1/0 (1 = real token), or None when nothing is padded.
-    step: the Ouro loop step being run (0 for other families); selects per-step cache slots.
+    The Ouro loop step being run is not part of it: the stack passes it to every block call.
     """
 
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
     attention_bias: Callable[[int | None], torch.Tensor]
     padding_mask: torch.Tensor | None
     cache: object
-    step: int = 0
 
 
 class StackBlock:
@@ -33,7 +32,9 @@ class StackBlock:
 
     stateful: bool = False
 
-    def __call__(self, hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
+    def __call__(self, hidden_states: torch.Tensor, ctx: PassContext, step: int = 0) -> torch.Tensor:
+        """Run the block; `step` is the Ouro loop step (0 for other families): it selects the
+        per-step cache slots and states."""
         raise NotImplementedError
 
     @property
@@ -55,8 +56,8 @@ class InsertedBlock(StackBlock):
     def __init__(self, module: nn.Module, after: int):
         self.layer, self.after = module, after
 
-    def __call__(self, hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
-        key = f"inserted.{self.after}.step{ctx.step}"
+    def __call__(self, hidden_states: torch.Tensor, ctx: PassContext, step: int = 0) -> torch.Tensor:
+        key = f"inserted.{self.after}.step{step}"
         hidden_states, state = self.layer(
             hidden_states, state=ctx.cache.get_state(key), attention_mask=ctx.padding_mask
         )

@@ -13,6 +13,10 @@ layers of every family call ``update(k, v, slot)`` on it as on any cache.
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
+
 import torch
 from transformers.cache_utils import Cache
 
@@ -55,8 +59,12 @@ class SleepCache(FastWeightStates, Cache):
 
     is_compileable = False
 
-    def __init__(self) -> None:
+    def __init__(self, timed: bool = False) -> None:
+        """timed: measure each consolidation's wall time into ``stats["consolidation_seconds"]``
+        (on CUDA with a synchronisation on each side, so the time is the kernels', not their
+        launches'; off by default, so training never waits on the device for a clock)."""
         super().__init__(layers=[])
+        self.timed = timed
         self.keys: dict[int, torch.Tensor] = {}  # slot -> [B, heads, K, head_dim]
         self.values: dict[int, torch.Tensor] = {}
         self.key_positions: torch.Tensor | None = None  # [K] absolute positions of the kept keys
@@ -155,8 +163,30 @@ class SleepCache(FastWeightStates, Cache):
         self.chunk_woken = self.chunk_woken and woken
         self.seen_tokens += embeds.shape[1]
 
-    def start_next_chunk(self) -> None:
-        """The current chunk is consolidated: its end state is the next chunk's snapshot."""
+    def restore_snapshot(self) -> None:
+        """Back to the states the current chunk started from (to consolidate it from there)."""
+        self.states = dict(self.snapshot)
+
+    @contextlib.contextmanager
+    def consolidating(self, device: torch.device) -> Iterator[None]:
+        """Bracket one consolidation: counted, and timed when the cache is `timed`."""
+        self.stats["consolidations"] += 1
+        if not self.timed:
+            yield
+            return
+        synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda device=None: None)
+        synchronize(device)
+        began = time.perf_counter()
+        yield
+        synchronize(device)
+        self.stats["consolidation_seconds"] += time.perf_counter() - began
+
+    def commit_chunk(self, eviction: str) -> None:
+        """The current chunk is consolidated: evict (hard: every key; sliding keeps the last
+        L-1, trimmed after each wake pass) and make its end state the next chunk's snapshot."""
+        if eviction == "hard":
+            self.clear_keys()
+        self.stats["evictions"] += 1
         self.snapshot = dict(self.states)
         self.chunk_embeds = self.chunk_valid = None
         self.chunk_woken = True
@@ -194,4 +224,4 @@ class SleepCache(FastWeightStates, Cache):
         )
 
     def reset(self) -> None:
-        self.__init__()
+        self.__init__(timed=self.timed)

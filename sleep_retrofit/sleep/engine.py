@@ -21,10 +21,11 @@ Everything is differentiable: states are values threaded through calls, never mu
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
+import torch.utils.checkpoint
 
 from .blocks import PassContext
 from .cache import ConsolidationView, SleepCache
@@ -142,18 +143,46 @@ class SleepEngine:
         return hidden
 
     def _evict(self, cache: SleepCache) -> None:
-        """The current chunk is full: consolidate it from its snapshot, then evict."""
+        """The current chunk is full: consolidate it from its snapshot, then evict. With N = 1
+        a fully woken chunk is not re-run: its wake pass was that single pass."""
         if self.settings.passes > 1 or not cache.chunk_woken:
-            began = time.perf_counter()
-            cache.states = dict(cache.snapshot)
             embeds, valid = cache.chunk_embeds, cache.chunk_valid
-            first = cache.seen_tokens - embeds.shape[1]
-            positions = torch.arange(first, cache.seen_tokens, device=embeds.device)
-            ctx = self._context(embeds, positions, positions, valid, valid, ConsolidationView(cache.states))
-            self.stack.consolidate(embeds, ctx, self.settings.passes, self.checkpoint_passes)
-            cache.stats["consolidations"] += 1
-            cache.stats["consolidation_seconds"] += time.perf_counter() - began
-        if self.settings.eviction == "hard":
-            cache.clear_keys()
-        cache.stats["evictions"] += 1
-        cache.start_next_chunk()
+            with cache.consolidating(embeds.device):
+                cache.restore_snapshot()
+                first = cache.seen_tokens - embeds.shape[1]
+                positions = torch.arange(first, cache.seen_tokens, device=embeds.device)
+                view = ConsolidationView(cache.states)
+                ctx = self._context(embeds, positions, positions, valid, valid, view)
+                self._consolidate(embeds, ctx)
+        cache.commit_chunk(self.settings.eviction)
+
+    def _consolidate(self, embeds: torch.Tensor, ctx: PassContext) -> None:
+        """Sleep on a chunk (Algorithm 1): prefix once, body N times (pass k+1 reads pass k's
+        output and the states pass k left), suffix once as far as its last stateful block. The
+        refined hidden states are discarded; only the states in ``ctx.cache`` are kept."""
+        stack = self.stack
+        hidden = stack.run(stack.prefix, embeds, ctx)
+        for _ in range(self.settings.passes):
+            if self.checkpoint_passes and torch.is_grad_enabled():
+                hidden = self._checkpointed_body_pass(hidden, ctx)
+            else:
+                hidden = stack.body_pass(hidden, ctx)
+        stack.run(stack.stateful_suffix, hidden, ctx)
+
+    def _checkpointed_body_pass(self, hidden: torch.Tensor, ctx: PassContext) -> torch.Tensor:
+        """A body pass whose activations are recomputed in backward instead of kept (memory per
+        pass instead of per pass x N; about one extra pass of compute). The recomputation must
+        see this pass's input states, which later passes overwrite in the cache: the pass runs on
+        a private copy of the states it starts from and hands its new states back as outputs.
+        (Consolidation stores no keys/values.)"""
+
+        def run(hidden: torch.Tensor, inputs: dict) -> tuple[torch.Tensor, dict]:
+            view = ConsolidationView(dict(inputs))
+            hidden = self.stack.body_pass(hidden, replace(ctx, cache=view))
+            return hidden, view.states
+
+        hidden, states = torch.utils.checkpoint.checkpoint(
+            run, hidden, dict(ctx.cache.states), use_reentrant=False
+        )
+        ctx.cache.states.update(states)
+        return hidden

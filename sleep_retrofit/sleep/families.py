@@ -42,7 +42,7 @@ class LlamaFamilyLayer(StackBlock):
     def __init__(self, layer: nn.Module, window: int | None):
         self.layer, self.window = layer, window
 
-    def __call__(self, hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
+    def __call__(self, hidden_states: torch.Tensor, ctx: PassContext, step: int = 0) -> torch.Tensor:
         return self.layer(
             hidden_states,
             attention_mask=ctx.attention_bias(self.window),
@@ -58,13 +58,13 @@ class OuroLayer(StackBlock):
     def __init__(self, layer: nn.Module, num_layers: int, window: int | None):
         self.layer, self.num_layers, self.window = layer, num_layers, window
 
-    def __call__(self, hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
+    def __call__(self, hidden_states: torch.Tensor, ctx: PassContext, step: int = 0) -> torch.Tensor:
         return self.layer(
             hidden_states,
             position_embeddings=ctx.position_embeddings,
             attention_mask=ctx.attention_bias(self.window),
             cache=ctx.cache,
-            cache_layer_idx=ctx.step * self.num_layers + self.layer.layer_idx,
+            cache_layer_idx=step * self.num_layers + self.layer.layer_idx,
         )
 
 
@@ -79,7 +79,7 @@ class JetNemotronLayer(StackBlock):
     def fast_weight_module(self) -> nn.Module | None:
         return self.layer.self_attn if self.stateful else None  # the JetBlock, not the MLP
 
-    def __call__(self, hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
+    def __call__(self, hidden_states: torch.Tensor, ctx: PassContext, step: int = 0) -> torch.Tensor:
         return self.layer(
             hidden_states,
             position_embeddings=ctx.position_embeddings,

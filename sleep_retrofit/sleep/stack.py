@@ -11,14 +11,12 @@ go right after the base layer whose index keys them, and belong to that layer's 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
-import torch.utils.checkpoint
 from torch import nn
 
 from .blocks import InsertedBlock, PassContext, StackBlock
-from .cache import ConsolidationView
 from .families import family_adapter
 
 
@@ -51,60 +49,34 @@ class StackView:
         blocks = [block.module for block in self.prefix + self.body + self.suffix]
         return [module for module in ends + blocks if module is not None]
 
-    def _run(self, blocks: list[StackBlock], hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
+    def run(
+        self, blocks: list[StackBlock], hidden_states: torch.Tensor, ctx: PassContext, step: int = 0
+    ) -> torch.Tensor:
         for block in blocks:
-            hidden_states = block(hidden_states, ctx)
+            hidden_states = block(hidden_states, ctx, step)
         return hidden_states
 
     def body_pass(self, hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
         """One pass of the loop body (Ouro: all its steps, the model norm after each)."""
         for step in range(self.steps_per_pass):
-            ctx.step = step
-            hidden_states = self._run(self.body, hidden_states, ctx)
+            hidden_states = self.run(self.body, hidden_states, ctx, step)
             if self.step_norm is not None:
                 hidden_states = self.step_norm(hidden_states)
-        ctx.step = 0
         return hidden_states
 
     def wake(self, hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
         """One ordinary pass: the final hidden states the head reads."""
-        hidden_states = self._run(self.prefix, hidden_states, ctx)
+        hidden_states = self.run(self.prefix, hidden_states, ctx)
         hidden_states = self.body_pass(hidden_states, ctx)
-        hidden_states = self._run(self.suffix, hidden_states, ctx)
+        hidden_states = self.run(self.suffix, hidden_states, ctx)
         return self.final_norm(hidden_states) if self.final_norm is not None else hidden_states
 
-    def consolidate(
-        self, hidden_states: torch.Tensor, ctx: PassContext, passes: int, checkpoint_passes: bool = False
-    ) -> None:
-        """Sleep on a chunk: prefix once, body `passes` times (pass k+1 reads pass k's output and
-        the state pass k left), suffix once. The refined hidden states are discarded; the
-        suffix runs only as far as its last stateful block, since nothing else is kept.
-
-        checkpoint_passes: keep no activations of a body pass for backward, recompute them
-        (memory per pass instead of per pass x N; about one extra pass of compute)."""
-        hidden_states = self._run(self.prefix, hidden_states, ctx)
-        for _ in range(passes):
-            if checkpoint_passes and torch.is_grad_enabled():
-                hidden_states = self._checkpointed_body_pass(hidden_states, ctx)
-            else:
-                hidden_states = self.body_pass(hidden_states, ctx)
-        last = max((i for i, b in enumerate(self.suffix) if b.stateful), default=-1)
-        self._run(self.suffix[: last + 1], hidden_states, ctx)
-
-    def _checkpointed_body_pass(self, hidden_states: torch.Tensor, ctx: PassContext) -> torch.Tensor:
-        # The recomputation in backward must see this pass's input states, which later passes
-        # overwrite in the cache: the pass runs on a private copy of the states it starts from
-        # and hands its new states back as outputs. (Consolidation stores no keys/values.)
-        def run(hidden: torch.Tensor, inputs: dict) -> tuple[torch.Tensor, dict]:
-            view = ConsolidationView(dict(inputs))
-            hidden = self.body_pass(hidden, replace(ctx, cache=view))
-            return hidden, view.states
-
-        hidden_states, states = torch.utils.checkpoint.checkpoint(
-            run, hidden_states, dict(ctx.cache.states), use_reentrant=False
-        )
-        ctx.cache.states.update(states)
-        return hidden_states
+    @property
+    def stateful_suffix(self) -> list[StackBlock]:
+        """The suffix up to its last stateful block: all of it that consolidation must run
+        (nothing after that block keeps anything)."""
+        last = max((i for i, block in enumerate(self.suffix) if block.stateful), default=-1)
+        return self.suffix[: last + 1]
 
     @property
     def has_fast_weights(self) -> bool:
