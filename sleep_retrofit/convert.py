@@ -49,7 +49,7 @@ from .models.registry import ModelFamily, UnsupportedModelError, resolve_family,
 from .presets import PRESETS, is_preset, load_preset, preset_config, preset_tokenizer
 from .publish import recover_leftovers, replace_directory, staging_directory
 from .retrofit import FAST_WEIGHT_KINDS, FastWeightPlan, blocks_outside_loop, default_plan, plan_from_every
-from .sleep import EVICTION_MODES, SleepSettings, family_adapter
+from .sleep import SleepSettings, family_adapter
 
 __all__ = ["DTYPES", "ConvertError", "ModelSource", "convert", "default_window", "resolve_source"]
 
@@ -187,13 +187,11 @@ def resolve_source(model: str | os.PathLike, *, trust_remote_code: bool = False)
 
 
 def _check_settings(passes: Any, window: Any, eviction: Any, fast_weights: Any, dtype: Any) -> None:
-    """The checks that need no config."""
-    if not is_int(passes) or passes < 1:
-        raise ConvertError(f"passes (N) must be an integer >= 1, got {passes!r}")
-    if not is_int(window) or window < 1:
-        raise ConvertError(f"window (L) must be an integer >= 1, got {window!r}")
-    if eviction not in EVICTION_MODES:
-        raise ConvertError(f"eviction must be one of {', '.join(EVICTION_MODES)}, got {eviction!r}")
+    """The checks that need no config (the sleep settings as SleepSettings checks them)."""
+    try:
+        SleepSettings(passes=passes, window=window, eviction=eviction)
+    except ValueError as error:
+        raise ConvertError(str(error)) from None
     if fast_weights is not None and fast_weights not in FAST_WEIGHT_KINDS:
         raise ConvertError(
             f"fast_weights must be one of {', '.join(FAST_WEIGHT_KINDS)} (or None for the family "

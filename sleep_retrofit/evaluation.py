@@ -59,6 +59,7 @@ from typing import Any
 import torch
 
 from .arguments import OneLineParser
+from .checks import is_int
 from .modeling import free_running_targets
 from .sleep.settings import SleepSettings
 from .tasks.collate import SleepCollator
@@ -257,7 +258,7 @@ def _check_int_list(name: str, values: Any, minimum: int | None = None) -> tuple
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
         _fail(f"{name} must be a non-empty list of ints, got {values!r}")
     for value in values:
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not is_int(value):
             _fail(f"{name} must be ints, got {value!r}")
         if minimum is not None and value < minimum:
             _fail(f"{name} must be >= {minimum}, got {value}")
@@ -265,7 +266,7 @@ def _check_int_list(name: str, values: Any, minimum: int | None = None) -> tuple
 
 
 def _check_positive(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not is_int(value) or value < 1:
         _fail(f"{name} must be a positive int, got {value!r}")
     return value
 
@@ -397,7 +398,7 @@ def prepare_grid(spec: EvalSpec) -> _Grid:
     passes = tuple(dict.fromkeys(_check_int_list("passes (N)", spec.passes, minimum=1)))
     _check_positive("num_examples", spec.num_examples)
     _check_positive("batch_size", spec.batch_size)
-    if not isinstance(spec.seed, int) or isinstance(spec.seed, bool):
+    if not is_int(spec.seed):
         _fail(f"seed must be an int, got {spec.seed!r}")
     if spec.dtype is not None and spec.dtype not in _DTYPES:
         _fail(f"dtype must be one of {list(_DTYPES)}, got {spec.dtype!r}")

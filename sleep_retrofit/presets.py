@@ -39,6 +39,7 @@ from transformers import (
     Qwen2Config,
 )
 
+from .checks import is_int
 from .models.registry import register_auto_classes
 
 __all__ = [
@@ -186,7 +187,7 @@ def load_preset(
     config = preset_config(name)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
+    if not is_int(seed):
         raise ValueError(f"seed must be an int, got {seed!r}")
     # Idempotent; makes AutoModelForCausalLM know the native families even without `import sleep_retrofit`.
     register_auto_classes()

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checks import is_int
 from .kernels.validation import check_shape
 from .layers import FastWeightState, GatedDeltaNet, JetBlock, Mamba2
 from .models.common import MLP, RMSNorm
@@ -88,7 +89,7 @@ def _check_kind(kind: Any) -> str:
 
 
 def _check_positive_int(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
 
@@ -326,7 +327,7 @@ class FastWeightPlan:
             raise ValueError(f"insert_after must be a list of layer indices, got {self.insert_after!r}")
         indices = list(self.insert_after)
         for index in indices:
-            if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            if not is_int(index) or index < 0:
                 raise ValueError(f"insert_after entries must be non-negative ints, got {index!r}")
         repeated = sorted({index for index in indices if indices.count(index) > 1})
         if repeated:
@@ -402,7 +403,7 @@ def plan_from_every(
         ValueError: when k is not in [1, num_layers] (no block would be inserted otherwise).
     """
     _check_positive_int("num_layers", num_layers)
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_layers:
+    if not is_int(k) or not 1 <= k <= num_layers:
         raise ValueError(f"k (insert every k layers) must be an int in [1, {num_layers}], got {k!r}")
     return FastWeightPlan(kind, list(range(k - 1, num_layers, k)), with_mlp, dict(mixer_kwargs or {}))
 
@@ -491,7 +492,7 @@ def retention_time_constants(
         ("passes", passes),
         ("horizon_chunks", horizon_chunks),
     ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     shortest = float(window * passes)
     longest = shortest * horizon_chunks

@@ -27,6 +27,7 @@ from torch import nn
 from sleep_retrofit.kernels.conv import causal_conv1d, causal_conv1d_step
 from sleep_retrofit.kernels.validation import check_shape
 
+from ..checks import is_int
 from .state import FastWeightState, check_state
 
 __all__ = ["FastWeightMixer", "Padding", "RMSNormGated", "ShortConvolution", "init_log_decay_params"]
@@ -301,7 +302,7 @@ class FastWeightMixer(nn.Module):
     ) -> FastWeightState:
         """A zero state (what a sequence starts from). The recurrent part is float32; the conv
         states hold projected inputs, in `dtype` (default: the input projection's dtype)."""
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         device = self.state_reference_weight.device if device is None else device
         dtype = self.state_reference_weight.dtype if dtype is None else dtype

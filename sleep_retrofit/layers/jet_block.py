@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import is_int
 from ..kernels.conv import dynamic_causal_conv1d, dynamic_causal_conv1d_step
 from ..kernels.gated_delta_rule import chunk_gated_delta_rule, gated_delta_rule_step
 from .components import FastWeightMixer, Padding, RMSNormGated, init_log_decay_params
@@ -160,7 +161,7 @@ class JetBlock(FastWeightMixer):
             ("head_dim", head_dim),
             ("generator_reduction", generator_reduction),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not isinstance(conv_size, int) or conv_size < 2:
             raise ValueError(

@@ -39,6 +39,7 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from ..checks import is_int
 from ..layers.jet_block import JetBlock
 from ..layers.state import FastWeightState
 from .common import (
@@ -99,7 +100,7 @@ _DEFAULT_EFFICIENT_ATTENTION_CONFIG: dict[str, dict[str, Any]] = {
 
 
 def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return is_int(value) and value > 0
 
 
 @strict

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..checks import is_int
+
 EVICTION_MODES = ("hard", "sliding")
 
 
@@ -25,9 +27,9 @@ class SleepSettings:
     loop_span: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 1:
+        if not is_int(self.passes) or self.passes < 1:
             raise ValueError(f"passes (N) must be an integer >= 1, got {self.passes!r}")
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
+        if not is_int(self.window) or self.window < 1:
             raise ValueError(f"window (L) must be an integer >= 1, got {self.window!r}")
         if self.eviction not in EVICTION_MODES:
             raise ValueError(f"eviction must be one of {', '.join(EVICTION_MODES)}; got {self.eviction!r}")

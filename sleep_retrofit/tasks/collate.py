@@ -51,6 +51,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..checks import is_int
+
 IGNORE_INDEX = -100
 
 
@@ -72,11 +74,11 @@ class SleepCollator:
         per_token_fields: Sequence[str] = (),
         return_context_length: bool = False,
     ):
-        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        if not is_int(chunk_size) or chunk_size < 1:
             raise ValueError(f"chunk_size (L) must be a positive int, got {chunk_size!r}")
         if pad_token_id is None and tokenizer is not None:
             pad_token_id = tokenizer.pad_token_id
-        if not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool):
+        if not is_int(pad_token_id):
             raise ValueError(
                 f"pad_token_id must be an int (or give a tokenizer with a pad token), got {pad_token_id!r}"
             )

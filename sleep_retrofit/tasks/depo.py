@@ -29,6 +29,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerFast
 
+from ..checks import is_int
 from .tokenizer import WordVocabulary
 
 SEPARATOR_TOKEN = "->"
@@ -51,7 +52,7 @@ class DepoConfig:
     def __post_init__(self) -> None:
         for name in ("min_nodes", "max_nodes", "num_queries", "max_hops", "word_length", "num_symbols"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.min_nodes < 2:
             raise ValueError(f"min_nodes must be at least 2 (a cycle needs two words), got {self.min_nodes}")
@@ -65,9 +66,7 @@ class DepoConfig:
                 f"label max_nodes = {self.max_nodes} nodes; raise num_symbols or word_length"
             )
         hops = tuple(range(1, self.max_hops + 1)) if self.hops is None else tuple(self.hops)
-        if not hops or any(
-            not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.max_hops for k in hops
-        ):
+        if not hops or any(not is_int(k) or not 1 <= k <= self.max_hops for k in hops):
             raise ValueError(
                 f"hops must be a non-empty sequence of ints in [1, max_hops={self.max_hops}], "
                 f"got {self.hops!r}"

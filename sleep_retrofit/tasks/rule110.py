@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerFast
 
+from ..checks import is_int
 from .tokenizer import WordVocabulary
 
 RULE_NUMBER = 110
@@ -94,13 +95,9 @@ class Rule110Config:
     def __post_init__(self) -> None:
         for name in ("width", "num_strings", "step_vocabulary"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if (
-            not isinstance(self.steps, int)
-            or isinstance(self.steps, bool)
-            or not 0 <= self.steps <= MAX_STEPS
-        ):
+        if not is_int(self.steps) or not 0 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps (t) must be an int in [0, {MAX_STEPS}], got {self.steps!r}")
         if self.boundary not in BOUNDARIES:
             raise ValueError(f"boundary must be one of {list(BOUNDARIES)}, got {self.boundary!r}")

@@ -24,6 +24,8 @@ import hashlib
 import random
 from typing import Any, Protocol
 
+from ..checks import is_int
+
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 # Share of the key space owned by each split; the held-out splits are small, as usual.
@@ -55,7 +57,7 @@ def _unit_hash(text: str) -> float:
 def split_seed(task: str, split: str, seed: int = 0) -> int:
     """The seed of the random stream of `split` of `task` (deterministic across machines)."""
     check_split(split)
-    if not isinstance(seed, int) or isinstance(seed, bool):
+    if not is_int(seed):
         raise ValueError(f"seed must be an int, got {seed!r}")
     digest = hashlib.sha256(f"{task}/{split}/{seed}".encode()).digest()
     return int.from_bytes(digest[:8], "little")

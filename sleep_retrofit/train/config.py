@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from ..checks import is_int
 from ..modeling import DEFAULT_LORA_TARGETS
 
 __all__ = [
@@ -295,10 +296,6 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 
 
 # ----------------------------------------------------------------------------- validation
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value: Any) -> bool:
     """A finite int or float (not a bool: YAML's yes/no; not nan/inf: `lr=.inf` trains to NaN)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -318,7 +315,7 @@ def _check_writable_dir(name: str, path: Path) -> None:
 
 
 def _positive_int(name: str, value: Any) -> None:
-    if not _is_int(value) or value < 1:
+    if not is_int(value) or value < 1:
         raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
 
 
@@ -338,7 +335,7 @@ def validate(config: TrainConfig) -> None:
     if not isinstance(config.output_dir, str) or not config.output_dir:
         raise ConfigError(f"output_dir must be a non-empty path, got {config.output_dir!r}")
     _check_writable_dir("output_dir", Path(config.output_dir).expanduser())
-    if not _is_int(config.seed):
+    if not is_int(config.seed):
         raise ConfigError(f"seed must be an int, got {config.seed!r}")
     stages = config.stages
     if isinstance(stages, str):
@@ -434,7 +431,7 @@ def validate(config: TrainConfig) -> None:
                 raise ConfigError(f"{prefix}{key} must be a finite number >= 0, got {value!r}")
         if not _is_number(stage.weight_decay) or stage.weight_decay < 0:
             raise ConfigError(f"{prefix}weight_decay must be >= 0, got {stage.weight_decay!r}")
-        if not _is_int(stage.warmup_steps) or stage.warmup_steps < 0:
+        if not is_int(stage.warmup_steps) or stage.warmup_steps < 0:
             raise ConfigError(f"{prefix}warmup_steps must be an integer >= 0, got {stage.warmup_steps!r}")
         if not _is_number(stage.min_lr_ratio) or not 0 <= stage.min_lr_ratio <= 1:
             raise ConfigError(f"{prefix}min_lr_ratio must be in [0, 1], got {stage.min_lr_ratio!r}")

@@ -21,6 +21,8 @@ from typing import Any
 
 import datasets
 
+from ...checks import is_int
+
 SUBSETS = ("symbolic", "medium", "hard")
 COMMON_FIELDS = ("problem", "question", "solution", "op")
 SYMBOLIC_FIELDS = (*COMMON_FIELDS, "answer_q", "answer_list")
@@ -42,7 +44,7 @@ def check_ops(ops: Iterable[Any]) -> list[int]:
     """Validate a collection of op counts (positive ints)."""
     checked = []
     for op in ops:
-        if not isinstance(op, int) or isinstance(op, bool) or op < 1:
+        if not is_int(op) or op < 1:
             raise ValueError(f"op counts must be positive ints, got {op!r}")
         checked.append(op)
     if not checked:
@@ -141,7 +143,7 @@ def load_gsm_infinite(
             op = row["op"]
             if isinstance(op, str) and op.isdigit():
                 op = int(op)
-            if not isinstance(op, int) or isinstance(op, bool) or op < 1:
+            if not is_int(op) or op < 1:
                 raise ValueError(f"{file}: op must be a positive int, got {row['op']!r}")
             row["op"] = op
         rows.extend(file_rows)

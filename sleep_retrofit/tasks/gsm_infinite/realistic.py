@@ -39,6 +39,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...checks import is_int
+
 MAX_REALISTIC_OPS = 40
 MAX_VALUE = 10_000
 CONSTANTS = (1, 2, 3, 4)
@@ -179,7 +181,7 @@ TEMPLATES: dict[str, RealisticTemplate] = {
 
 
 def check_realistic_op(op: Any) -> int:
-    if not isinstance(op, int) or isinstance(op, bool) or not 1 <= op <= MAX_REALISTIC_OPS:
+    if not is_int(op) or not 1 <= op <= MAX_REALISTIC_OPS:
         raise ValueError(f"realistic op count must be an int in [1, {MAX_REALISTIC_OPS}], got {op!r}")
     return op
 
@@ -572,7 +574,7 @@ def finish_realistic(
 ) -> dict[str, Any]:
     """Add distractor statements (in locations the core does not use) until the problem text
     reaches `context_tokens` tokens, shuffle, and write the row."""
-    if not isinstance(context_tokens, int) or isinstance(context_tokens, bool) or context_tokens < 0:
+    if not is_int(context_tokens) or context_tokens < 0:
         raise ValueError(f"context_tokens must be a non-negative int, got {context_tokens!r}")
     counter = count_tokens or approximate_token_count
     graph, template = core.graph, core.template

@@ -18,6 +18,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from ...checks import is_int
+
 NUM_VARIABLE_NAMES = 1_000_000
 MAX_ROOT_VALUE = 10
 MAX_SYMBOLIC_OPS = 10_000
@@ -59,7 +61,7 @@ def symbolic_prompt(problem: str, question: str, *, question_position: str = "af
 
 
 def check_symbolic_op(op: Any) -> int:
-    if not isinstance(op, int) or isinstance(op, bool) or not 1 <= op <= MAX_SYMBOLIC_OPS:
+    if not is_int(op) or not 1 <= op <= MAX_SYMBOLIC_OPS:
         raise ValueError(f"symbolic op count must be an int in [1, {MAX_SYMBOLIC_OPS}], got {op!r}")
     return op
 
@@ -140,7 +142,7 @@ def _solution(core: SymbolicCore, statement_order: list[str]) -> str:
 
 def finish_symbolic(core: SymbolicCore, rng: random.Random, *, length: int = 0) -> dict[str, Any]:
     """Add the noise tree for a `length`-token context, shuffle, and write the row."""
-    if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+    if not is_int(length) or length < 0:
         raise ValueError(f"length must be a non-negative int (context tokens), got {length!r}")
     num_noise = noise_variable_count(length)
     taken = set(core.variables)

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ...checks import is_int
 from .loader import check_subset
 from .realistic import TEMPLATES, check_realistic_op, draft_realistic, finish_realistic, realistic_key
 from .symbolic import check_symbolic_op, draft_symbolic, finish_symbolic, symbolic_key
@@ -18,7 +19,7 @@ PAPER_CONTEXT_TOKENS: tuple[int, int] = (2000, 3300)
 
 def parse_length(length: int | str) -> int:
     """A context length as the Hub names it ("zero_context", "0", "8k", 16000) -> tokens."""
-    if isinstance(length, int) and not isinstance(length, bool):
+    if is_int(length):
         value = length
     elif isinstance(length, str):
         text = length.strip().lower()
