@@ -1,4 +1,4 @@
-"""The evaluation grid end to end on tiny random converted models (sleep_retrofit/evaluation.py)."""
+"""The evaluation grid end to end on tiny random converted models (sleep_retrofit/evaluation/)."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def _forbid_loading(monkeypatch) -> None:
     def fail(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(evaluation, "load_model", fail)
+    monkeypatch.setattr(evaluation.grid, "load_model", fail)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -276,13 +276,13 @@ def test_resume_computes_only_missing_cells(grid, model_dir, tmp_path, monkeypat
     (copy / "results.json").write_text(json.dumps({**results, "records": kept}))
 
     calls = []
-    original = evaluation.evaluate_cell
+    original = evaluation.grid.evaluate_cell
 
     def counting(model, cell, grid_, bar=None):
         calls.append((cell.task, cell.difficulty, cell.passes))
         return original(model, cell, grid_, bar)
 
-    monkeypatch.setattr(evaluation, "evaluate_cell", counting)
+    monkeypatch.setattr(evaluation.grid, "evaluate_cell", counting)
     again = run_grid(_spec(model_dir, copy))
     assert calls == [("depo", 2, 2)]
     assert again.evaluated == 1
@@ -362,7 +362,7 @@ def test_gsm_scores_an_oracle_as_right_and_a_constant_as_wrong(gsm_model_dir, tm
     answers = _gold_answers(rows)
 
     oracle = _OracleModel(tokenizer, lambda prompt: answers[prompt])
-    monkeypatch.setattr(evaluation, "load_model", lambda *a, **k: oracle)
+    monkeypatch.setattr(evaluation.grid, "load_model", lambda *a, **k: oracle)
     result = run_grid(_gsm_spec(gsm_model_dir, tmp_path / "oracle"))
     assert [r["accuracy"] for r in result.records] == [1.0] * 4
     assert sorted(oracle.passes_seen) == [1, 1, 1, 1, 2, 2, 2, 2]  # 2 batches per cell
@@ -378,14 +378,14 @@ def test_gsm_scores_an_oracle_as_right_and_a_constant_as_wrong(gsm_model_dir, tm
     ]
     answers_medium = _gold_answers(medium)
     monkeypatch.setattr(
-        evaluation, "load_model", lambda *a, **k: _OracleModel(tokenizer, lambda p: answers_medium[p])
+        evaluation.grid, "load_model", lambda *a, **k: _OracleModel(tokenizer, lambda p: answers_medium[p])
     )
     result = run_grid(_gsm_spec(gsm_model_dir, tmp_path / "medium", subset="medium", num_examples=2))
     assert [r["accuracy"] for r in result.records] == [1.0] * 4
     assert all(r["subset"] == "medium" for r in result.records)
 
     constant = _OracleModel(tokenizer, lambda prompt: " none.")
-    monkeypatch.setattr(evaluation, "load_model", lambda *a, **k: constant)
+    monkeypatch.setattr(evaluation.grid, "load_model", lambda *a, **k: constant)
     result = run_grid(_gsm_spec(gsm_model_dir, tmp_path / "none"))
     for record, op in zip(result.records, (2, 2, 3, 3), strict=True):
         op_rows = [row for row in rows if row["op"] == op]
@@ -399,7 +399,7 @@ def test_gsm_loaded_from_hub_files(gsm_model_dir, tmp_path, monkeypatch):
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     answers = _gold_answers(rows)
     tokenizer = AutoTokenizer.from_pretrained(gsm_model_dir)
-    monkeypatch.setattr(evaluation, "load_model", lambda *a, **k: _OracleModel(tokenizer, answers.get))
+    monkeypatch.setattr(evaluation.grid, "load_model", lambda *a, **k: _OracleModel(tokenizer, answers.get))
     result = run_grid(_gsm_spec(gsm_model_dir, tmp_path / "out", data=data.parent, ops=(2,), subset=None))
     assert [r["accuracy"] for r in result.records] == [1.0, 1.0]
     assert all(r["num_examples"] == 3 for r in result.records)

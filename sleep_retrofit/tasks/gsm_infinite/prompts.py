@@ -26,7 +26,7 @@ cross the boundaries), with the tokenizer's BOS first when it has one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import datasets
@@ -145,3 +145,27 @@ def tokenize_for_sleep(
     """`sleep_features` over a dataset of Hub-format rows (adds input_ids, loss_mask,
     target_start; keeps the original columns)."""
     return dataset.map(lambda row: sleep_features(row, tokenizer, **options), desc="tokenising GSM-Infinite")
+
+
+def with_generation_prompts(
+    rows: Sequence[Mapping[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    question_position: str = "before",
+    answer_chunk: str = "separate",
+) -> list[dict[str, Any]]:
+    """The rows plus their generation prompt in the sleep layout (:func:`sleep_features` without
+    the answer: the prompt is cut after the cue "Answer:"), as evaluation generates from them."""
+    return [
+        {
+            **row,
+            **sleep_features(
+                row,
+                tokenizer,
+                question_position=question_position,
+                answer_chunk=answer_chunk,
+                include_answer=False,
+            ),
+        }
+        for row in rows
+    ]
