@@ -23,7 +23,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig
 
-from .checks import is_int
+from .checks import is_int, nearest_existing, writable_directory
 from .converted import (
     UnreadableWeightsError,
     check_window_limit,
@@ -341,23 +340,10 @@ def _check_out(out: Any, overwrite: bool, source: ModelSource) -> Path:
                 f"replace it, or choose another --out"
             )
         _check_replaceable(path, os.fspath(out))
-    # The nearest existing ancestor must be a directory we can write into.
-    ancestor = path.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK) or not _can_create_in(ancestor):
+    ancestor = nearest_existing(path.parent)
+    if not writable_directory(ancestor):
         raise ConvertError(f"cannot write under {str(ancestor)!r}; choose another --out")
     return path
-
-
-def _can_create_in(directory: Path) -> bool:
-    """Whether a directory can really be created there: os.access says yes for root under /proc
-    or /sys, or on a read-only mount, where mkdir then fails (checked before any loading)."""
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".sleep-retrofit-probe-", dir=directory))
-    except OSError:
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------------------------- loading

@@ -5,13 +5,12 @@ out the cells without loading the model or generating data."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checks import is_int
+from ..checks import is_int, nearest_existing, writable_directory
 from ..sleep.settings import SleepSettings
 from ..tasks.depo import DepoConfig, DepoTask
 from ..tasks.gsm_infinite.loader import SUBSETS, check_ops, load_gsm_infinite
@@ -76,10 +75,8 @@ def prepare_grid(spec: EvalSpec) -> _Grid:
     out_dir = Path(spec.out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         _fail(f"out must be a directory, got the file {out_dir}")
-    ancestor = out_dir.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+    ancestor = nearest_existing(out_dir.parent)
+    if not writable_directory(ancestor):
         _fail(f"cannot write under {ancestor}; choose another --out")
     model_dir = Path(spec.model).expanduser()
     config = _read_model_config(model_dir)

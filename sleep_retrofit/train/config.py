@@ -13,14 +13,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..checks import is_int
+from ..checks import is_int, nearest_existing, writable_directory
 from ..modeling import DEFAULT_LORA_TARGETS
 
 __all__ = [
@@ -305,12 +304,10 @@ def _check_writable_dir(name: str, path: Path) -> None:
     """A directory, or a path whose nearest existing ancestor is a directory we may write into."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{name} {str(path)!r} is a file; give a directory")
-    ancestor = path
-    while not ancestor.exists():
-        ancestor = ancestor.parent
+    ancestor = nearest_existing(path)
     if not ancestor.is_dir():
         raise ConfigError(f"{name} {str(path)!r} lies under the file {str(ancestor)!r}; give a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
+    if not writable_directory(ancestor):
         raise ConfigError(f"{name} {str(path)!r}: cannot write under {str(ancestor)!r}")
 
 
