@@ -244,26 +244,19 @@ def _requested_plan(
     num_layers = config.num_hidden_layers
     if insert_at is not None and every is not None:
         raise ConvertError("give insert_at or every, not both")
-    if not isinstance(with_mlp, bool):
-        raise ConvertError(f"with_mlp must be True or False, got {with_mlp!r}")
     family_default = default_plan(config)
     kind = fast_weights or family_default.kind
 
     if insert_at is not None:
-        if isinstance(insert_at, (str, bytes)) or not hasattr(insert_at, "__iter__"):
-            raise ConvertError(f"insert_at must be a list of layer indices, got {insert_at!r}")
-        indices = list(insert_at)
-        bad = [i for i in indices if not is_int(i) or not 0 <= i < num_layers]
-        if bad or not indices:
-            raise ConvertError(
-                f"insert_at {indices} has layer(s) outside the base model's layer range: "
-                f"{source.name!r} has {num_layers} layers, valid indices are 0..{num_layers - 1}"
-                if bad
-                else "insert_at is empty; give at least one layer index"
-            )
-        if len(set(indices)) != len(indices):
-            raise ConvertError(f"insert_at {indices} repeats a layer; one block per position")
-        return FastWeightPlan(kind, indices, with_mlp).resolve(config.hidden_size)
+        if not insert_at:
+            raise ConvertError("insert_at is empty; give at least one layer index")
+        try:  # the plan's own checks (types, repeats, range), in the user's words
+            plan = FastWeightPlan(kind, insert_at, with_mlp)
+            plan.validate(num_layers)
+        except ValueError as error:
+            message = str(error).replace("insert_after", "insert_at")
+            raise ConvertError(f"{message} ({source.name!r} has {num_layers} layers)") from None
+        return plan.resolve(config.hidden_size)
     if every is not None:
         if not is_int(every) or not 1 <= every <= num_layers:
             raise ConvertError(
@@ -272,6 +265,8 @@ def _requested_plan(
             )
         return plan_from_every(num_layers, every, kind=kind, with_mlp=with_mlp).resolve(config.hidden_size)
 
+    if not isinstance(with_mlp, bool):
+        raise ConvertError(f"with_mlp must be True or False, got {with_mlp!r}")
     plan = default_plan(config, kind=fast_weights, with_mlp=with_mlp, loop_span=loop_span)
     if not plan.insert_after and (fast_weights is not None or with_mlp):
         # Jet-Nemotron's default inserts nothing: a kind or an MLP would silently be ignored.

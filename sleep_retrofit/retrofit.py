@@ -348,7 +348,7 @@ class FastWeightPlan:
         if outside:
             raise ValueError(
                 f"insert_after index(es) {outside} outside the base model's layers: "
-                f"valid range is [0, {num_layers}) i.e. 0..{num_layers - 1}"
+                f"valid range is [0, {num_layers}), i.e. valid indices are 0..{num_layers - 1}"
             )
 
     def resolve(self, hidden_size: int) -> FastWeightPlan:

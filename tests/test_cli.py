@@ -180,7 +180,7 @@ BAD_INPUTS = {
     ),
     "insert-at-outside": (
         [*CONVERT, "--out", "{tmp}/out", "--insert-at", "3,8"],
-        r"layer range: .* valid indices are 0\.\.7",
+        r"outside the base model.s layers: .* valid indices are 0\.\.7",
     ),
     "insert-at-syntax": (
         [*CONVERT, "--out", "{tmp}/out", "--insert-at", "3,x"],

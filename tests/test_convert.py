@@ -230,7 +230,7 @@ def _unsupported_dir(root: Path) -> Path:
         (
             "tiny-llama",
             {"insert_at": [3, 8]},
-            r"outside the base model's layer range.*valid indices are 0\.\.7",
+            r"outside the base model.s layers.*valid indices are 0\.\.7",
         ),
         ("tiny-llama", {"insert_at": [3], "every": 2}, r"insert_at or every, not both"),
         ("tiny-llama", {"every": 9}, r"every must be an integer in 1\.\.8"),
