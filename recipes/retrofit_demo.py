@@ -413,18 +413,25 @@ def aggregate(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_report(
-    config: dict[str, Any], summaries: list[dict[str, Any]], out: Path, wall: float, prepared: list[float]
+    config: dict[str, Any],
+    summaries: list[dict[str, Any]],
+    out: Path,
+    wall: float | None,
+    prepared: list[float | None],
 ) -> None:
-    """results.json, results.md and accuracy.png of the finished jobs. `prepared`: per seed, the
-    seconds its base took to pretrain and convert in this run (about 0 when it existed)."""
+    """results.json, results.md and accuracy.png of the finished jobs. `wall`: the run's wall
+    seconds (None for --report-only); `prepared`: per seed, the seconds its base took to pretrain
+    and convert in this run (about 0 when it existed; None when unknown)."""
     rows = aggregate(summaries)
     labels = list(dict.fromkeys(r["label"] for r in rows))
     ts = sorted({r["t"] for r in rows})
     cell = {(r["label"], r["t"]): r for r in rows}
-    trainable = {}
+    trainable, minutes = {}, {}
     for summary in summaries:
         counts = summary.get("trainable_parameters") or {}
         trainable.setdefault(summary["job"]["label"], counts)
+        spent = (summary["train_seconds"] + summary["eval_seconds"]) / 60
+        minutes.setdefault(summary["job"]["label"], []).append(spent)
     results = {
         "config": config,
         "wall_seconds": wall,
@@ -443,10 +450,13 @@ def write_report(
         "# Retrofit demo",
         "",
         f"{metric} (test, mean ± std over seeds {config['seeds']}); "
-        f"window L = {config['convert']['window']}; wall {wall / 60:.1f} min",
+        f"window L = {config['convert']['window']}; "
+        + (f"wall {wall / 60:.1f} min" if wall is not None else "report of the finished jobs"),
         "",
-        "| arm | " + " | ".join(f"{axis}={t}" for t in ts) + " | trainable parameters (stage 1 / stage 2) |",
-        "|---|" + "---:|" * len(ts) + "---:|",
+        "| arm | "
+        + " | ".join(f"{axis}={t}" for t in ts)
+        + " | trainable parameters (stage 1 / stage 2) | minutes per seed (train + eval) |",
+        "|---|" + "---:|" * len(ts) + "---:|---:|",
     ]
     for label in labels:
         cells = [
@@ -455,7 +465,8 @@ def write_report(
         ]
         counts = trainable.get(label) or {}
         count = " / ".join(f"{counts[s]:,}" for s in sorted(counts)) or "–"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {count} |")
+        spent = " / ".join(f"{m:.1f}" for m in minutes[label])
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {count} | {spent} |")
     if any("per_string" in r for r in rows):
         lines += ["", "per-string accuracy (string 0 = the oldest), mean over seeds:", ""]
         lines += ["| arm | " + " | ".join(f"{axis}={t}" for t in ts) + " |", "|---|" + "---:|" * len(ts)]
@@ -493,6 +504,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("overrides", nargs="*", help="key=value (YAML values, dotted keys)")
     parser.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write results.json/md and the plot from the jobs finished so far, run nothing",
+    )
     args = parser.parse_args(argv)
     try:
         config = load_demo_config(args.config, args.overrides)
@@ -504,6 +520,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         for job in jobs:
             print(f"{job['name']}: {job['label']}, N={job['passes']}, window {job['window']}")
+        return 0
+    if args.report_only:
+        finished = [Path(job["directory"]) / SUMMARY for job in jobs]
+        summaries = [json.loads(path.read_text()) for path in finished if path.is_file()]
+        if not summaries:
+            print(f"error: no finished job under {out}", file=sys.stderr)
+            return 2
+        write_report(config, summaries, out, None, [None] * len(config["seeds"]))
+        print(f"wrote {out}/results.json, results.md, accuracy.png from {len(summaries)} of {len(jobs)} jobs")
         return 0
     began = time.perf_counter()
     prepared, summaries = run_all(config, jobs, out)

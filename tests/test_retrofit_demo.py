@@ -95,6 +95,11 @@ def test_the_chain_connects(demo, tmp_path):
     assert "stage1" not in lora  # LoRA's stage 2 starts from the two-stage arm's stage-1 model
     assert "| two-stage LoRA N=2 |" in (tmp_path / "results.md").read_text()
 
+    # --report-only rewrites the report from the finished jobs without running anything.
+    (tmp_path / "results.md").unlink()
+    assert demo.main(["--config", str(CONFIG), f"output_dir={tmp_path}", *TINY, "--report-only"]) == 0
+    assert "report of the finished jobs" in (tmp_path / "results.md").read_text()
+
     # A rerun finds every job done and trains nothing.
     before = (seed / "two_stage_N2" / "summary.json").stat().st_mtime_ns
     assert demo.main(["--config", str(CONFIG), f"output_dir={tmp_path}", *TINY]) == 0
