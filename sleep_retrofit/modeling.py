@@ -19,7 +19,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PreTrainedConfig,
+    PreTrainedModel,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .models.loading import StrictLoadingMixin
@@ -124,6 +132,31 @@ class SleepRetrofitConfig(PreTrainedConfig):
 
     def plan(self) -> FastWeightPlan:
         return FastWeightPlan.from_dict(self.fast_weights) if self.fast_weights else FastWeightPlan("jet", [])
+
+
+class _GroupStoppingCriteria(StoppingCriteria):
+    """A user's stopping criterion, run on one group of generate()'s rows as if it saw the whole
+    batch it was made for (criteria such as lm-eval's keep per-row state sized to that batch and
+    slice the input at its original prompt length): the group's rows in their places with their
+    removed padding columns put back, every other row stood in for by a copy of the group's
+    first row (which finishes when that row does); the answer is read back for the group's rows.
+    Each group gets its own copy of the criterion, so no state crosses groups."""
+
+    def __init__(self, criterion: StoppingCriteria, rows: torch.Tensor, removed: torch.Tensor, batch: int):
+        self.criterion = copy.deepcopy(criterion)
+        self.rows, self.removed = rows, removed
+        self.index = torch.zeros(batch, dtype=torch.long, device=rows.device)
+        self.index[rows] = torch.arange(len(rows), device=rows.device)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any):
+        index = self.index.to(input_ids.device)
+        ids = torch.cat([self.removed.to(input_ids.device), input_ids], dim=1)[index]
+        if isinstance(scores, torch.Tensor):
+            scores = scores[index]
+        done = self.criterion(ids, scores, **kwargs)
+        if isinstance(done, torch.Tensor) and done.dim() == 1 and done.shape[0] == index.shape[0]:
+            return done[self.rows.to(done.device)]
+        return done
 
 
 class FastWeightBlocks(nn.Module):
@@ -470,10 +503,23 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
             )
         kwargs.pop("input_ids", None)
         pieces = []
+        user_criteria = kwargs.get("stopping_criteria")
         for r, rows in groups.items():
-            out = super().generate(
-                ids[rows, r:], generation_config, **{**kwargs, "attention_mask": mask[rows, r:]}
-            )
+            group_kwargs = {**kwargs, "attention_mask": mask[rows, r:]}
+            # Absolute lengths count the r padding columns the group no longer has.
+            for name in ("max_length", "min_length"):
+                if kwargs.get(name) is not None:
+                    group_kwargs[name] = max(0, kwargs[name] - r)
+            group_config = generation_config
+            if generation_config is not None and generation_config.max_new_tokens is None:
+                group_config = copy.deepcopy(generation_config)
+                group_config.max_length = max(0, generation_config.max_length - r)
+            if user_criteria:
+                group_kwargs["stopping_criteria"] = StoppingCriteriaList(
+                    _GroupStoppingCriteria(criteria, rows, ids[rows, :r], ids.shape[0])
+                    for criteria in user_criteria
+                )
+            out = super().generate(ids[rows, r:], group_config, **group_kwargs)
             pieces.append((r, rows, out))
         pad = _pad_token_id(config, kwargs)
         width = max(r + (o if isinstance(o, torch.Tensor) else o.sequences).shape[1] for r, _, o in pieces)

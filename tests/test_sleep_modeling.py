@@ -29,6 +29,8 @@ from transformers import (
     LlamaForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    StoppingCriteria,
+    StoppingCriteriaList,
 )
 
 import sleep_retrofit  # noqa: F401  (registers the native families and the converted model)
@@ -553,6 +555,48 @@ def test_generate_pads_rows_that_finish_early(models):
         )
     assert torch.equal(batched[1, 2 : 2 + alone.shape[1]], alone[0])
     assert batched[0, L + 3] == eos and bool((batched[0, L + 4 :] == 0).all())
+
+
+class _StopAfter(StoppingCriteria):
+    """Per-row state sized to the batch it was made for, and the prompt length it was given
+    (as lm-eval's MultiTokenEOSCriteria): row i stops once it has `counts[i]` new tokens."""
+
+    def __init__(self, prompt_length: int, counts: list[int]):
+        self.prompt_length, self.counts = prompt_length, counts
+        self.done = [False] * len(counts)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        for i, count in enumerate(self.counts):  # an IndexError if shown fewer rows than made for
+            self.done[i] = self.done[i] or input_ids[i, self.prompt_length :].shape[0] >= count
+        return torch.tensor(self.done)
+
+
+def test_grouped_generate_keeps_absolute_lengths_and_batch_sized_stopping_criteria(models):
+    """Rows generated in groups (left padding differing modulo L) still honour max_length, which
+    counts the padding columns a group drops, and user stopping criteria that keep per-row state
+    for the whole batch (lm-eval's): each row stops where it stops alone."""
+    model = models["llama"]
+    prompts = [random_ids(1, n, seed=40 + n) for n in (L + 5, L + 1)]
+    width = L + 5
+    ids = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - prompt.shape[1] :], mask[row, width - prompt.shape[1] :] = prompt[0], 1
+    with torch.no_grad():
+        by_length = model.generate(
+            ids, attention_mask=mask, max_length=width + 5, do_sample=False, pad_token_id=0
+        )
+        stopped = model.generate(
+            ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0,
+            stopping_criteria=StoppingCriteriaList([_StopAfter(width, [3, 6])]),
+        )  # fmt: skip
+        alone = [model.generate(p, max_new_tokens=6, do_sample=False, pad_token_id=0) for p in prompts]
+    assert by_length.shape[1] == width + 5  # not width + 5 + the dropped padding
+    for row, (prompt, single) in enumerate(zip(prompts, alone, strict=True)):
+        start = width - prompt.shape[1]
+        assert torch.equal(by_length[row, start:], single[0, : prompt.shape[1] + 5])
+    assert torch.equal(stopped[0, : width + 3], alone[0][0, : width + 3])
+    assert torch.equal(stopped[1, width - prompts[1].shape[1] :], alone[1][0, : prompts[1].shape[1] + 6])
 
 
 # ------------------------------------------------------------ CUDA
