@@ -97,6 +97,7 @@ def _convert(args: argparse.Namespace) -> int:
         loop_span=args.loop_span,
         dtype=args.dtype,
         overwrite=args.overwrite,
+        adapter_only=args.adapter_only,
         trust_remote_code=args.trust_remote_code,
     )
     info = describe(out)
@@ -153,6 +154,11 @@ def _print_info(info: dict) -> None:
             f"{info['weights']['bytes'] / 2**20:,.1f} MiB, complete",
         ),
     ]
+    reference = info.get("base_reference")
+    if reference:
+        rows.append(
+            ("adapter only", f"base {reference['source']} (weights sha256 {reference['sha256'][:12]}...)")
+        )
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
@@ -301,10 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument(
         "--dtype",
         choices=tuple(DTYPES),
-        default="float32",
-        help="weights dtype; auto keeps the checkpoint's (default float32)",
+        default=None,
+        help="weights dtype; auto keeps the checkpoint's (default float32; auto with --adapter-only)",
     )
     conv.add_argument("--overwrite", action="store_true", help="replace an existing --out (default: off)")
+    conv.add_argument(
+        "--adapter-only",
+        action="store_true",
+        help="write only the added blocks and the sleep config, with a reference to the base and the "
+        "hash of its weights; loading resolves the base again (default: a full checkpoint)",
+    )
     conv.add_argument(
         "--trust-remote-code",
         action="store_true",

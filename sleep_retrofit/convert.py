@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig
 
+from .adapters import save_adapter_checkpoint
 from .checks import is_int, nearest_existing, writable_directory
 from .converted import (
     UnreadableWeightsError,
@@ -459,16 +460,20 @@ def convert(
     window: int | None = None,
     eviction: str = "hard",
     loop_span: tuple[int, int] | list[int] | None = None,
-    dtype: str = "float32",
+    dtype: str | None = None,
     overwrite: bool = False,
     trust_remote_code: bool = False,
     progress: bool = True,
+    adapter_only: bool = False,
 ) -> Path:
     """Convert a base model into a sleep-retrofit checkpoint directory.
 
     Args:
         model: a local model directory, a Hub id (``owner/name``) or a preset name (``PRESETS``).
         out: the directory to write; it must not exist unless ``overwrite``.
+        adapter_only: write only what the retrofit adds (the fast-weight blocks, in the base's
+            dtype, and the sleep config) with a reference to the base and the hash of its weights
+            (sleep_retrofit.adapters); loading resolves the base again.
         fast_weights: kind of inserted blocks, ``"jet"``, ``"gdn"`` or ``"mamba2"``; None = the
             family default (Ouro: jet, Llama family: gdn; Jet-Nemotron inserts nothing by default).
         insert_at: base layer indices after which a block is inserted (overrides the family default).
@@ -481,7 +486,8 @@ def convert(
         eviction: ``"hard"`` or ``"sliding"``.
         loop_span: (start, end) base layers the sleep passes repeat, end exclusive; None = the
             family default (Ouro: all, others: the middle half).
-        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"`` (the checkpoint's own).
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"`` (the checkpoint's own); None:
+            float32, or auto for an adapter-only checkpoint.
         overwrite: replace an existing ``out`` (only once the new checkpoint is complete).
         trust_remote_code: passed to transformers when loading the config, tokenizer and model.
         progress: show a progress bar of the stages on stderr (when it is a terminal).
@@ -492,6 +498,13 @@ def convert(
     Raises:
         ConvertError: for any bad argument, before anything is loaded or written.
     """
+    if dtype is None:  # an adapter keeps the base's dtype; a full checkpoint is float32 by default
+        dtype = "auto" if adapter_only else "float32"
+    if adapter_only and dtype != "auto":
+        raise ConvertError(
+            f"an adapter-only checkpoint keeps the base model's own dtype (it is checked against the base's "
+            f"stored weights), so dtype must be auto, got {dtype!r}"
+        )
     _check_settings(passes, DEFAULT_WINDOW if window is None else window, eviction, fast_weights, dtype)
     if not isinstance(overwrite, bool):
         raise ConvertError(f"overwrite must be True or False, got {overwrite!r}")
@@ -522,7 +535,10 @@ def convert(
         staging = None
         try:
             staging = staging_directory(out_path)
-            converted.save_pretrained(staging)
+            if adapter_only:
+                save_adapter_checkpoint(converted, staging, source.name)  # preset, absolute path or Hub id
+            else:
+                converted.save_pretrained(staging)
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)
             bar.update()

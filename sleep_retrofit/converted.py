@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig
 from transformers.utils import logging as hf_logging
 
+from .adapters import ADAPTER_WEIGHTS, ADDED_PREFIX
 from .checks import is_int
 from .errors import ConvertError, first_line
 from .modeling import SleepRetrofitConfig, SleepRetrofitForCausalLM
@@ -221,6 +222,7 @@ def describe(directory: str | os.PathLike) -> dict[str, Any]:
             "loop_span_is_default": span is None,
         },
         "tokenizer": has_tokenizer_files(path),
+        "base_reference": getattr(config, "base_reference", None),
         "weights": weights,
     }
 
@@ -263,7 +265,10 @@ def check_weights(directory: Path, model: nn.Module) -> dict[str, Any]:
     are complete and hold every tensor of `model` (a meta-device model of its config) with its
     shape. Returns {"files", "bytes", "tensors"}; raises ConvertError naming what is wrong."""
     index = directory / "model.safetensors.index.json"
-    if index.is_file():
+    adapter = (directory / ADAPTER_WEIGHTS).is_file()
+    if adapter:  # only the added tensors are stored; the base comes from its reference
+        names = [ADAPTER_WEIGHTS]
+    elif index.is_file():
         try:
             names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -284,6 +289,8 @@ def check_weights(directory: Path, model: nn.Module) -> dict[str, Any]:
         except UnreadableWeightsError as error:
             raise ConvertError(f"{error}; copy or convert it again") from None
     expected = model.state_dict(keep_vars=True)  # the tensors themselves: tied ones share an id
+    if adapter:
+        expected = {name: t for name, t in expected.items() if name.startswith(ADDED_PREFIX)}
     # Tied tensors (an output head sharing the embedding) are stored once, under any of their names.
     groups: dict[int, list[str]] = {}
     for name, tensor in expected.items():

@@ -54,7 +54,7 @@ BASE_FIELDS = (
 )
 # The attention and MLP projections of the Llama / Qwen / Mistral / Ouro / Jet-Nemotron layers.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_SHIM_SOURCE = '''"""Loads a sleep-retrofit checkpoint through trust_remote_code: the classes live in the
+SHIM_SOURCE = '''"""Loads a sleep-retrofit checkpoint through trust_remote_code: the classes live in the
 installed `sleep-retrofit` package (pip install sleep-retrofit)."""
 
 from sleep_retrofit.modeling import SleepRetrofitConfig, SleepRetrofitForCausalLM
@@ -221,6 +221,24 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         self.base = base_model
         self.fast_weights = FastWeightBlocks(build_fast_weight_blocks(config.base_config, config.plan()))
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """A converted checkpoint, full or adapter-only (sleep_retrofit.adapters: the base is
+        loaded from the checkpoint's base_reference and checked by the hash of its weights)."""
+        from .adapters import is_adapter_checkpoint, load_adapter_checkpoint
+
+        if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) and is_adapter_checkpoint(
+            pretrained_model_name_or_path
+        ):
+            config = kwargs.get("config")
+            keep = {k: kwargs.get(k) for k in ("passes", "window", "eviction", "dtype", "torch_dtype")}
+            return load_adapter_checkpoint(
+                pretrained_model_name_or_path,
+                config=config if isinstance(config, cls.config_class) else None,
+                **keep,
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -560,7 +578,7 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
             "AutoModelForCausalLM": f"{SHIM_MODULE}.SleepRetrofitForCausalLM",
         }
         super().save_pretrained(save_directory, *args, **kwargs)
-        Path(save_directory, f"{SHIM_MODULE}.py").write_text(_SHIM_SOURCE)
+        Path(save_directory, f"{SHIM_MODULE}.py").write_text(SHIM_SOURCE)
         # safetensors writes weights through a private temporary file (0600): give them the
         # permissions every other file of the checkpoint gets (0644 under the usual umask).
         for weights in Path(save_directory).glob("*.safetensors"):

@@ -1,0 +1,139 @@
+"""Adapter-only checkpoints: only what the retrofit added, with a reference to the base.
+
+A full converted checkpoint repeats the base model's weights. An adapter-only one holds the
+fast-weight blocks (in the base's dtype) and the sleep config, plus ``base_reference`` in its
+config.json: where the base comes from (a local directory, a built-in preset or a Hub id) and
+the SHA-256 of its weights' contents. ``AutoModelForCausalLM.from_pretrained(dir)`` on it loads
+the base from that reference, refuses a base whose weights hash differently (another revision,
+a fine-tuned copy), and puts the blocks back: the model equals the full checkpoint's.
+
+    directory/config.json                  SleepRetrofitConfig + base_reference {source, sha256}
+    directory/sleep_adapter.safetensors    fast_weights.* tensors
+    directory/tokenizer files
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+ADAPTER_WEIGHTS = "sleep_adapter.safetensors"
+REFERENCE_KEY = "base_reference"
+ADDED_PREFIX = "fast_weights."
+
+__all__ = [
+    "ADAPTER_WEIGHTS",
+    "BaseMismatchError",
+    "is_adapter_checkpoint",
+    "load_adapter_checkpoint",
+    "save_adapter_checkpoint",
+    "weights_sha256",
+]
+
+
+class BaseMismatchError(ValueError):
+    """The base an adapter refers to is missing or is not the one it was made for."""
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 over a model's state dict: every tensor's name, dtype, shape and bytes, by name."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def is_adapter_checkpoint(directory: str | os.PathLike) -> bool:
+    path = Path(directory)
+    return path.is_dir() and (path / ADAPTER_WEIGHTS).is_file()
+
+
+def save_adapter_checkpoint(model: nn.Module, directory: str | os.PathLike, base_source: str) -> None:
+    """Write `model`'s added tensors and config (with the base reference) into `directory`."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    config.base_reference = {"source": base_source, "sha256": weights_sha256(model.base)}
+    from .modeling import SHIM_MODULE, SHIM_SOURCE
+
+    try:
+        config.auto_map = {
+            "AutoConfig": f"{SHIM_MODULE}.SleepRetrofitConfig",
+            "AutoModelForCausalLM": f"{SHIM_MODULE}.SleepRetrofitForCausalLM",
+        }
+        config.save_pretrained(path)
+    finally:
+        del config.base_reference  # the in-memory model stays a full model
+    (path / f"{SHIM_MODULE}.py").write_text(SHIM_SOURCE)
+    added = {
+        name: tensor.detach().contiguous()
+        for name, tensor in model.state_dict().items()
+        if name.startswith(ADDED_PREFIX)
+    }
+    save_file(added, str(path / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+
+
+def _load_base(source: str, dtype: Any) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    from .presets import is_preset, load_preset
+
+    if is_preset(source):
+        base, _ = load_preset(source)
+        return base
+    if not Path(source).exists() and (source.startswith((".", "/", "~")) or source.count("/") != 1):
+        raise BaseMismatchError(f"the base model {source!r} this adapter refers to does not exist")
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, dtype="auto")
+    except (OSError, ValueError) as error:
+        raise BaseMismatchError(
+            f"cannot load the base model {source!r} this adapter refers to: {error}"
+        ) from None
+
+
+def load_adapter_checkpoint(directory: str | os.PathLike, config: Any = None, **overrides: Any) -> nn.Module:
+    """The full model of an adapter-only checkpoint (see the module docstring). `overrides`:
+    passes / window / eviction (None = keep) and dtype, as ``from_pretrained`` takes them."""
+    from .modeling import SleepRetrofitConfig, SleepRetrofitForCausalLM
+
+    path = Path(directory)
+    dtype = overrides.pop("dtype", None) or overrides.pop("torch_dtype", None)
+    settings = {k: overrides.pop(k) for k in ("passes", "window", "eviction") if overrides.get(k) is not None}
+    if config is None:
+        config = SleepRetrofitConfig.from_pretrained(path, **settings)
+    else:
+        for name, value in settings.items():
+            setattr(config, name, value)
+    reference = getattr(config, REFERENCE_KEY, None)
+    if not isinstance(reference, dict) or not {"source", "sha256"} <= set(reference):
+        raise BaseMismatchError(f"{str(path)!r} has {ADAPTER_WEIGHTS} but its config names no base_reference")
+    base = _load_base(reference["source"], dtype)
+    found = weights_sha256(base)
+    if found != reference["sha256"]:
+        raise BaseMismatchError(
+            f"the base model {reference['source']!r} is not the one this adapter was made for (weights "
+            f"sha256 {found[:12]}..., expected {reference['sha256'][:12]}...): another revision or a "
+            "modified copy"
+        )
+    if dtype not in (None, "auto"):
+        base = base.to(dtype)
+    config.base_config = base.config
+    model = SleepRetrofitForCausalLM(config, base_model=base)
+    added = load_file(str(path / ADAPTER_WEIGHTS))
+    expected = {name for name in model.state_dict() if name.startswith(ADDED_PREFIX)}
+    if set(added) != expected:
+        missing, unexpected = sorted(expected - set(added)), sorted(set(added) - expected)
+        raise BaseMismatchError(
+            f"{str(path / ADAPTER_WEIGHTS)!r} does not fit its config: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+    model.fast_weights.to(next(base.parameters()).dtype)  # only the blocks: the base keeps its fp32 buffers
+    model.load_state_dict(added, strict=False)
+    return model.eval()

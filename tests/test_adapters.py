@@ -1,0 +1,88 @@
+"""Adapter-only checkpoints (sleep_retrofit/adapters.py): only the added blocks and the sleep config,
+in the base's dtype, with a reference to the base checked by the hash of its weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
+
+import sleep_retrofit  # noqa: F401  (registers the converted model type)
+from sleep_retrofit.adapters import ADAPTER_WEIGHTS, BaseMismatchError
+from sleep_retrofit.convert import ConvertError, convert
+from sleep_retrofit.converted import describe
+from sleep_retrofit.presets import load_preset
+
+
+@pytest.fixture(scope="module")
+def bf16_base(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("adapters") / "base"
+    model, tokenizer = load_preset("tiny-llama")
+    model.to(torch.bfloat16).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _convert(base: Path, out: Path, **options) -> Path:
+    torch.manual_seed(0)  # the same block initialisation for the full and the adapter-only copy
+    return convert(base, out, window=8, passes=2, progress=False, **options)
+
+
+def test_adapter_only_loads_to_the_full_checkpoints_model(bf16_base, tmp_path):
+    full = _convert(bf16_base, tmp_path / "full", dtype="auto")
+    adapter = _convert(bf16_base, tmp_path / "adapter", adapter_only=True)
+    assert not (adapter / "model.safetensors").exists()
+    with safe_open(str(adapter / ADAPTER_WEIGHTS), "pt") as weights:
+        names = list(weights.keys())
+        assert names and all(name.startswith("fast_weights.") for name in names)
+        assert {weights.get_tensor(name).dtype for name in names} == {torch.bfloat16}  # the base's dtype
+    assert (adapter / ADAPTER_WEIGHTS).stat().st_size < (full / "model.safetensors").stat().st_size / 4
+    reference = json.loads((adapter / "config.json").read_text())["base_reference"]
+    assert reference["source"] == str(bf16_base.resolve()) and len(reference["sha256"]) == 64
+    assert describe(adapter)["base_reference"] == reference
+
+    loaded, expected = (AutoModelForCausalLM.from_pretrained(d).eval() for d in (adapter, full))
+    assert loaded.dtype == torch.bfloat16
+    for name, tensor in expected.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    ids = torch.randint(3, 90, (2, 30))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, expected(ids).logits)
+    assert AutoModelForCausalLM.from_pretrained(adapter, passes=4).config.passes == 4
+
+
+def test_a_modified_or_missing_base_is_refused(bf16_base, tmp_path):
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(bf16_base, base)
+    adapter = _convert(base, tmp_path / "adapter", adapter_only=True)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] += 1  # a fine-tuned copy under the same path
+    model.save_pretrained(base)
+    with pytest.raises(BaseMismatchError, match="is not the one this adapter was made for"):
+        AutoModelForCausalLM.from_pretrained(adapter)
+    shutil.rmtree(base)
+    with pytest.raises(BaseMismatchError, match="does not exist"):
+        AutoModelForCausalLM.from_pretrained(adapter)
+
+
+def test_adapter_only_keeps_the_base_dtype(bf16_base, tmp_path):
+    with pytest.raises(ConvertError, match="keeps the base model's own dtype"):
+        convert(bf16_base, tmp_path / "out", adapter_only=True, dtype="float32", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_preset_base_round_trips(tmp_path):
+    adapter = _convert("tiny-llama", tmp_path / "adapter", adapter_only=True)
+    full = _convert("tiny-llama", tmp_path / "full")
+    ids = torch.randint(3, 90, (1, 20))
+    with torch.no_grad():
+        a = AutoModelForCausalLM.from_pretrained(adapter).eval()(ids).logits
+        b = AutoModelForCausalLM.from_pretrained(full).eval()(ids).logits
+    assert torch.equal(a, b)
