@@ -7,8 +7,9 @@
 """
 
 from .config import ConfigError, TrainConfig, load_config
+from .objectives import distillation_loss, training_loss
 from .optim import build_optimizers, split_parameters, warmup_cosine
-from .trainer import StageResult, TrainingDiverged, find_checkpoints, run_stage, train, training_loss
+from .trainer import StageResult, TrainingDiverged, find_checkpoints, run_stage, train
 
 __all__ = [
     "ConfigError",
@@ -16,6 +17,7 @@ __all__ = [
     "TrainConfig",
     "TrainingDiverged",
     "build_optimizers",
+    "distillation_loss",
     "find_checkpoints",
     "load_config",
     "recipe_main",

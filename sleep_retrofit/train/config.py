@@ -38,7 +38,8 @@ STAGES = ("stage1", "stage2")
 FINETUNE_MODES = ("fast_weights", "full", "lora")
 OPTIMIZERS = ("muon", "adamw")
 MIXED_PRECISION = ("no", "bf16")
-TASK_NAMES = ("rule110", "depo", "gsm_infinite")
+TASK_NAMES = ("rule110", "depo", "gsm_infinite", "text")
+OBJECTIVES = ("ce", "distill")
 
 
 class ConfigError(ValueError):
@@ -116,6 +117,13 @@ class StageConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.1
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # "ce": the task's cross-entropy (Algorithm 1). "distill": KL(teacher || student) on the
+    # targets, the teacher being the base model as the stage starts, with full attention over the
+    # whole row (no eviction, no sleep): no labels needed (data.task: text), mixed with
+    # (1 - distill_weight) x CE.
+    objective: str = "ce"
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
 
 
 @dataclass
@@ -404,10 +412,19 @@ def validate(config: TrainConfig) -> None:
                 "which t an example asks: set data.options.announce_steps: true (each context chunk then "
                 "starts with a t token; use model.window = width + 1), or train one t per run"
             )
-    if data.path is not None and not Path(data.path).expanduser().exists():
-        raise ConfigError(f"data.path does not exist: {data.path}")
-    if data.path is not None and data.task != "gsm_infinite":
-        raise ConfigError(f"data.path applies to gsm_infinite only; {data.task} data is generated")
+    if data.task == "text":
+        if not isinstance(data.path, str) or not data.path:
+            raise ConfigError("data.task=text needs data.path: a text file, a directory or a datasets id")
+        local = Path(data.path).expanduser().exists()
+        if not local and (data.path.startswith((".", "/", "~")) or data.path.count("/") != 1):
+            raise ConfigError(f"data.path {data.path!r} is no local file or directory (nor a datasets id)")
+    elif data.path is not None:
+        if not Path(data.path).expanduser().exists():
+            raise ConfigError(f"data.path does not exist: {data.path}")
+        if data.task != "gsm_infinite":
+            raise ConfigError(
+                f"data.path applies to gsm_infinite and text only; {data.task} data is generated"
+            )
 
     for name in STAGES:
         stage = config.stage(name)
@@ -432,6 +449,13 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"{prefix}warmup_steps must be an integer >= 0, got {stage.warmup_steps!r}")
         if not _is_number(stage.min_lr_ratio) or not 0 <= stage.min_lr_ratio <= 1:
             raise ConfigError(f"{prefix}min_lr_ratio must be in [0, 1], got {stage.min_lr_ratio!r}")
+        _choice(f"{prefix}objective", stage.objective, OBJECTIVES)
+        if not _is_number(stage.distill_weight) or not 0 <= stage.distill_weight <= 1:
+            raise ConfigError(f"{prefix}distill_weight must be in [0, 1], got {stage.distill_weight!r}")
+        if not _is_number(stage.distill_temperature) or stage.distill_temperature <= 0:
+            raise ConfigError(
+                f"{prefix}distill_temperature must be a positive number, got {stage.distill_temperature!r}"
+            )
         _positive_int(f"{prefix}lora.r", stage.lora.r)
         if not _is_number(stage.lora.alpha) or stage.lora.alpha <= 0:
             raise ConfigError(f"{prefix}lora.alpha must be positive, got {stage.lora.alpha!r}")

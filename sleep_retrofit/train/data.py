@@ -60,6 +60,8 @@ def training_tokenizer(config: TrainConfig, model_tokenizer: Any) -> Any:
     """The tokenizer of the run: the task's word tokenizer for the synthetic tasks (their symbols
     are words), the model's own for GSM-Infinite."""
     data = config.data
+    if data.task == "text":
+        return model_tokenizer  # checked where the rows are built
     if data.task == "gsm_infinite":
         if model_tokenizer is None:
             raise ConfigError(
@@ -84,6 +86,10 @@ def build_rows(config: TrainConfig, split: str, count: int, tokenizer: Any) -> l
             rows += build_rows(replace(config, data=part), split, share, tokenizer)
         random.Random(data.seed).shuffle(rows)
         return rows
+    if data.task == "text":
+        from .text import text_rows
+
+        return text_rows(data.path, data.options, tokenizer, config.model.window, split, count)
     try:
         if data.task != "gsm_infinite":
             return list(build_dataset(data.task, split, count, seed=data.seed, **data.options))

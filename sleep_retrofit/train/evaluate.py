@@ -4,7 +4,8 @@ Rule 110 and Depo are read and scored by the same readers as the evaluation grid
 (sleep_retrofit.tasks.reading): every answer decoded free running, from the model's own earlier
 answers (gold ones fed back would leak t; ``free_running_targets``). Loss and token accuracy are
 teacher-forced. GSM-Infinite reports the loss and the token accuracy of the answer
-(generation-based accuracy is the evaluation grid's job).
+(generation-based accuracy is the evaluation grid's job), plain text (data.task: text) the loss
+and token accuracy after the first window.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def evaluate_model(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collator = SleepCollator(window, pad_id)
     reader = None
-    if config.data.task != "gsm_infinite":
+    if config.data.task in ("rule110", "depo"):
         vocabulary = tokenizer.get_vocab()
         task = make_task(config.data.task, **config.data.options)
         reader = make_reader(task, vocabulary, {i: token for token, i in vocabulary.items()})

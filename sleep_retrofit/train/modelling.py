@@ -65,9 +65,9 @@ def build_model(config: TrainConfig, init_from: Path | None = None) -> tuple[Sle
     if source == "toy":
         from ..toy import build_toy_hybrid
 
-        if config.data.task == "gsm_infinite":
+        if config.data.task in ("gsm_infinite", "text"):
             raise ConfigError(
-                "model.source=toy builds a synthetic-task model; gsm_infinite needs a pretrained model"
+                f"model.source=toy builds a synthetic-task model; {config.data.task} needs a pretrained model"
             )
         model = build_toy_hybrid(
             _toy_vocab_size(config),

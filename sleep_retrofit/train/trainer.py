@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from ..converted import is_converted_checkpoint
@@ -48,6 +47,7 @@ from .modelling import (
     prepare_trainable,
     save_final_model,
 )
+from .objectives import distillation_loss, frozen_teacher, training_loss
 from .optim import build_optimizers, warmup_cosine
 
 __all__ = [
@@ -56,7 +56,6 @@ __all__ = [
     "TrainingProgress",
     "find_checkpoints",
     "train",
-    "training_loss",
 ]
 
 MODEL_DIR = "model"
@@ -112,20 +111,6 @@ class StageResult:
     last_loss: float | None
     evaluations: list[dict[str, Any]]
     skipped: bool = False
-
-
-def training_loss(model: nn.Module, batch: dict[str, torch.Tensor], passes: int, window: int, eviction: str):
-    """The masked cross-entropy of Algorithm 1 for one collated batch (N passes, full backprop)."""
-    output = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        labels=batch["labels"],
-        passes=passes,
-        window=window,
-        eviction=eviction,
-        use_cache=False,
-    )
-    return output.loss
 
 
 class TrainingDiverged(RuntimeError):
@@ -232,6 +217,8 @@ def run_stage(
         )
     train_rows = build_rows(config, "train", config.data.train_examples, tokenizer)
     eval_rows = build_rows(config, "validation", config.data.eval_examples, tokenizer)
+    # The teacher is the base as the stage starts (before LoRA wraps it or stage 2 trains it).
+    teacher = frozen_teacher(model) if stage.objective == "distill" else None
     model = prepare_trainable(model, finetune, stage.lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if config.gradient_checkpointing:
@@ -255,6 +242,8 @@ def run_stage(
         adamw_lr=stage.adamw_lr,
         weight_decay=stage.weight_decay,
     )
+    if teacher is not None:
+        teacher.to(accelerator.device)
     prepared = accelerator.prepare(model, loader, *optimizers)
     model, loader, optimizers = prepared[0], prepared[1], list(prepared[2:])
 
@@ -330,7 +319,19 @@ def run_stage(
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = training_loss(model, batch, passes, window, eviction)
+                if teacher is None:
+                    loss = training_loss(model, batch, passes, window, eviction)
+                else:
+                    loss = distillation_loss(
+                        model,
+                        teacher,
+                        batch,
+                        passes,
+                        window,
+                        eviction,
+                        weight=stage.distill_weight,
+                        temperature=stage.distill_temperature,
+                    )
                 value = float(loss.detach())
                 if config.max_grad_norm is None and not math.isfinite(value):
                     raise TrainingDiverged(_diverged(name, "loss", value, progress.step + 1, stage_dir))
