@@ -408,16 +408,67 @@ def test_a_hub_model_that_cannot_be_fetched_is_one_line_naming_it(tmp_path, monk
     assert not (tmp_path / "hub" / "model").exists()
 
 
-def _launch_two_processes(config: dict, tmp_path: Path, name: str) -> subprocess.CompletedProcess:
+def _launch_two_processes(
+    config: dict, tmp_path: Path, name: str, *, fsdp: bool = False, stop_after: int | None = None
+) -> subprocess.CompletedProcess:
+    """The recipe in 2 processes: DDP (torchrun launcher, gloo on CPU) or FSDP2 through the shipped
+    accelerate config; `stop_after` ends the run after that many steps (train(stop_after=...))."""
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(REPO / "recipes" / "rule110.py"), "--config", str(path),
-    ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch"]
+    if fsdp:
+        launcher += ["--config_file", str(REPO / "recipes" / "configs" / "accelerate_fsdp.yaml")]
+    else:
+        launcher += ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    launcher += ["--dynamo_backend", "no"]
+    if stop_after is None:
+        script = [str(REPO / "recipes" / "rule110.py"), "--config", str(path)]
+    else:
+        runner = tmp_path / "stop_after.py"
+        runner.write_text(
+            "import sys\nfrom sleep_retrofit.train import train\n"
+            "from sleep_retrofit.train.config import load_config\n"
+            "train(load_config(sys.argv[1], []), stop_after=int(sys.argv[2]))\n"
+        )
+        script = [str(runner), str(path), str(stop_after)]
+    return subprocess.run(
+        launcher + script, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path
+    )
+
+
+def test_fsdp2_training_equals_ddp_and_resumes_exactly(tmp_path):
+    """Sharded training through Accelerate's FSDP2 (recipes/configs/accelerate_fsdp.yaml) with the
+    N-pass loop reusing the body's parameters: loss, gradient norm and final parameters equal the
+    DDP run's, and a run stopped after its checkpoint and relaunched ends the same."""
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config.update(stages=["stage2"], save_every=2)
+    config["stage2"].update(max_steps=4, finetune="full", optimizer="adamw")
+    config["data"]["eval_examples"] = 4
+    runs = {}
+    for name, fsdp in (("ddp", False), ("fsdp", True)):
+        runs[name] = {**config, "output_dir": str(tmp_path / name)}
+        done = _launch_two_processes(runs[name], tmp_path, name, fsdp=fsdp, stop_after=2 if fsdp else None)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not (tmp_path / "fsdp" / "model").exists()  # stopped after step 2, its checkpoint written
+    done = _launch_two_processes(runs["fsdp"], tmp_path, "fsdp", fsdp=True)  # resume
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    def steps(name: str) -> list[dict]:
+        log = (tmp_path / name / "stage2" / "log.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in log if '"train"' in line]
+
+    starts = [json.loads(x) for x in (tmp_path / "fsdp" / "stage2" / "log.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in starts if s["event"] == "start"] == [0, 2]  # resumed at step 2
+    assert all(s["processes"] == 2 for s in starts if s["event"] == "start")
+    for ddp, fsdp in zip(steps("ddp"), steps("fsdp"), strict=True):
+        assert ddp["step"] == fsdp["step"]
+        assert fsdp["loss"] == pytest.approx(ddp["loss"], abs=1e-6)
+        assert fsdp["grad_norm"] == pytest.approx(ddp["grad_norm"], rel=1e-5)
+    ddp_weights, fsdp_weights = weights(tmp_path / "ddp" / "model"), weights(tmp_path / "fsdp" / "model")
+    assert set(ddp_weights) == set(fsdp_weights)
+    for name, tensor in ddp_weights.items():
+        torch.testing.assert_close(fsdp_weights[name], tensor, atol=1e-6, rtol=1e-5)
 
 
 def test_two_process_full_finetuning_of_ouro_keeps_every_trainable_parameter_in_the_graph(tmp_path):
