@@ -31,6 +31,7 @@ __all__ = [
     "ADAPTER_WEIGHTS",
     "BaseMismatchError",
     "is_adapter_checkpoint",
+    "load_referenced_base",
     "load_adapter_checkpoint",
     "save_adapter_checkpoint",
     "weights_sha256",
@@ -55,12 +56,21 @@ def is_adapter_checkpoint(directory: str | os.PathLike) -> bool:
     return path.is_dir() and (path / ADAPTER_WEIGHTS).is_file()
 
 
-def save_adapter_checkpoint(model: nn.Module, directory: str | os.PathLike, base_source: str) -> None:
-    """Write `model`'s added tensors and config (with the base reference) into `directory`."""
+def save_adapter_checkpoint(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    base_source: str,
+    *,
+    base_sha256: str | None = None,
+) -> None:
+    """Write `model`'s added tensors and config (with the base reference) into `directory`.
+
+    base_sha256: the hash of the base as stored (default: of ``model.base`` as it is, right when
+    the model was built from the stored base). The added tensors are written as the model holds them."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     config = model.config
-    config.base_reference = {"source": base_source, "sha256": weights_sha256(model.base)}
+    config.base_reference = {"source": base_source, "sha256": base_sha256 or weights_sha256(model.base)}
     from .modeling import SHIM_MODULE, SHIM_SOURCE
 
     try:
@@ -80,7 +90,8 @@ def save_adapter_checkpoint(model: nn.Module, directory: str | os.PathLike, base
     save_file(added, str(path / ADAPTER_WEIGHTS), metadata={"format": "pt"})
 
 
-def _load_base(source: str, dtype: Any) -> nn.Module:
+def load_referenced_base(source: str) -> nn.Module:
+    """The base an adapter refers to, as stored (its own dtype)."""
     from transformers import AutoModelForCausalLM
 
     from .presets import is_preset, load_preset
@@ -114,7 +125,7 @@ def load_adapter_checkpoint(directory: str | os.PathLike, config: Any = None, **
     reference = getattr(config, REFERENCE_KEY, None)
     if not isinstance(reference, dict) or not {"source", "sha256"} <= set(reference):
         raise BaseMismatchError(f"{str(path)!r} has {ADAPTER_WEIGHTS} but its config names no base_reference")
-    base = _load_base(reference["source"], dtype)
+    base = load_referenced_base(reference["source"])
     found = weights_sha256(base)
     if found != reference["sha256"]:
         raise BaseMismatchError(
@@ -125,7 +136,14 @@ def load_adapter_checkpoint(directory: str | os.PathLike, config: Any = None, **
     if dtype not in (None, "auto"):
         base = base.to(dtype)
     config.base_config = base.config
-    model = SleepRetrofitForCausalLM(config, base_model=base)
+    # Built the way from_pretrained builds a model in the base's dtype (parameters a block creates
+    # in float32 on purpose, such as decay logs, stay float32), so both load the same model.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(next(base.parameters()).dtype)
+    try:
+        model = SleepRetrofitForCausalLM(config, base_model=base)
+    finally:
+        torch.set_default_dtype(default)
     added = load_file(str(path / ADAPTER_WEIGHTS))
     expected = {name for name in model.state_dict() if name.startswith(ADDED_PREFIX)}
     if set(added) != expected:
@@ -134,6 +152,5 @@ def load_adapter_checkpoint(directory: str | os.PathLike, config: Any = None, **
             f"{str(path / ADAPTER_WEIGHTS)!r} does not fit its config: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}"
         )
-    model.fast_weights.to(next(base.parameters()).dtype)  # only the blocks: the base keeps its fp32 buffers
     model.load_state_dict(added, strict=False)
     return model.eval()

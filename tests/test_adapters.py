@@ -86,3 +86,40 @@ def test_a_preset_base_round_trips(tmp_path):
         a = AutoModelForCausalLM.from_pretrained(adapter).eval()(ids).logits
         b = AutoModelForCausalLM.from_pretrained(full).eval()(ids).logits
     assert torch.equal(a, b)
+
+
+def test_the_trainer_publishes_an_adapter_of_what_it_trained(bf16_base, tmp_path):
+    """save_adapter: true writes {output_dir}/adapter beside the full model; it refers to the
+    bf16 base as stored (trained in float32, the base untouched) and loads to the same model."""
+    from sleep_retrofit.tasks import task_tokenizer
+    from sleep_retrofit.train import ConfigError, train
+    from sleep_retrofit.train.config import config_from_dict
+
+    values = {
+        "output_dir": str(tmp_path / "run"),
+        "stages": ["stage1"],
+        "save_adapter": True,
+        "batch_size": 4,
+        "progress": False,
+        "model": {"source": str(bf16_base), "window": 8, "passes": 2},
+        "data": {"task": "rule110", "train_examples": 16, "eval_examples": 4,
+                 "options": {"width": 6, "num_strings": 2, "steps": 1}},
+        "stage1": {"max_steps": 3, "optimizer": "adamw", "adamw_lr": 1e-2},
+    }  # fmt: skip
+    assert task_tokenizer("rule110", width=6, num_strings=2).vocab_size <= 100
+    train(config_from_dict(values))
+    adapter, full = tmp_path / "run" / "adapter", tmp_path / "run" / "model"
+    reference = json.loads((adapter / "config.json").read_text())["base_reference"]
+    assert reference["source"] == str(bf16_base.resolve())
+    loaded = AutoModelForCausalLM.from_pretrained(adapter).eval()
+    expected = AutoModelForCausalLM.from_pretrained(full, dtype=torch.bfloat16).eval()
+    assert loaded.dtype == torch.bfloat16
+    ids = torch.randint(3, 20, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, expected(ids).logits)
+
+    values["stages"], values["stage2"] = ["stage1", "stage2"], {"finetune": "full"}
+    with pytest.raises(
+        ConfigError, match="save_adapter keeps the base untouched, but stage2.finetune='full'"
+    ):
+        config_from_dict(values)

@@ -131,6 +131,9 @@ class TrainConfig:
     """The whole run: model, data, the loop's settings and the two stages."""
 
     output_dir: str = "runs/sleep"
+    # Also publish {output_dir}/adapter: only the trained blocks + sleep config, referring to the
+    # base (sleep_retrofit.adapters). Needs stages that leave the base untouched.
+    save_adapter: bool = False
     seed: int = 0
     stages: list[str] = field(default_factory=lambda: ["stage1", "stage2"])
     batch_size: int = 8
@@ -364,7 +367,14 @@ def validate(config: TrainConfig) -> None:
         not _is_number(config.max_grad_norm) or config.max_grad_norm <= 0
     ):
         raise ConfigError(f"max_grad_norm must be a positive number or null, got {config.max_grad_norm!r}")
-    for name in ("cpu", "gradient_checkpointing", "resume", "progress", "find_unused_parameters"):
+    for name in (
+        "cpu",
+        "gradient_checkpointing",
+        "resume",
+        "progress",
+        "find_unused_parameters",
+        "save_adapter",
+    ):
         if not isinstance(getattr(config, name), bool):
             raise ConfigError(f"{name} must be true or false, got {getattr(config, name)!r}")
 
@@ -424,6 +434,19 @@ def validate(config: TrainConfig) -> None:
         if data.task != "gsm_infinite":
             raise ConfigError(
                 f"data.path applies to gsm_infinite and text only; {data.task} data is generated"
+            )
+
+    if config.save_adapter is True:
+        if model.source == "toy":
+            raise ConfigError(
+                "save_adapter needs a base to refer to; model.source=toy builds one from scratch"
+            )
+        changing = [n for n in stages if n != "stage1" and config.stage(n).finetune != "fast_weights"]
+        if changing:
+            raise ConfigError(
+                f"save_adapter keeps the base untouched, but {changing[0]}.finetune="
+                f"{config.stage(changing[0]).finetune!r} trains it; use finetune: fast_weights "
+                "(or drop save_adapter)"
             )
 
     for name in STAGES:

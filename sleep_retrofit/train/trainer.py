@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 MODEL_DIR = "model"
+ADAPTER_DIR = "adapter"
 DONE_FILE = "training_complete.json"
 LOG_FILE = "log.jsonl"
 
@@ -437,7 +438,65 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> list[StageRe
             return results
     final_source = output_dir / config.stages[-1] / MODEL_DIR
     _publish_final(final_source, output_dir / MODEL_DIR, cpu=_on_cpu(config))
+    if config.save_adapter:
+        _publish_adapter(config, output_dir / MODEL_DIR, output_dir / ADAPTER_DIR)
     return results
+
+
+def _base_reference(source: str) -> str:
+    """What an adapter of a model trained from `source` refers to: the base itself (a preset, a
+    local base directory or a Hub id), or the base an adapter-only conversion refers to."""
+    from ..adapters import is_adapter_checkpoint
+    from ..presets import is_preset
+
+    path = Path(source).expanduser()
+    if is_preset(source) or not path.exists():
+        return source
+    if is_adapter_checkpoint(path):
+        return json.loads((path / "config.json").read_text())["base_reference"]["source"]
+    if is_converted_checkpoint(path):
+        raise ConfigError(
+            f"save_adapter: model.source {source!r} is a full converted checkpoint, which names no base; "
+            "start from the base itself or from `sleep-retrofit convert --adapter-only`"
+        )
+    return str(path.resolve())
+
+
+def _publish_adapter(config: TrainConfig, model_dir: Path, target: Path) -> None:
+    """{output_dir}/adapter: the final model's blocks and sleep config, referring to the base as
+    stored (its hash, its dtype), after checking that training left the base's weights as they
+    are there. Main process only; written beside and renamed into place like the model."""
+    from accelerate import PartialState
+    from transformers import AutoModelForCausalLM
+
+    from ..adapters import load_referenced_base, save_adapter_checkpoint, weights_sha256
+
+    state = PartialState(cpu=_on_cpu(config))
+    if state.is_main_process:
+        reference = _base_reference(config.model.source)
+        stored = load_referenced_base(reference)
+        dtype = next(stored.parameters()).dtype  # the blocks as a load in the base's dtype has them
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        trained = model.base.state_dict()
+        for name, tensor in stored.state_dict().items():
+            if not torch.equal(trained[name].to(tensor.dtype), tensor):
+                raise ConfigError(
+                    f"save_adapter: training changed the base's {name}; the adapter would not fit it"
+                )
+        staging = staging_directory(target)
+        try:
+            save_adapter_checkpoint(model, staging, reference, base_sha256=weights_sha256(stored))
+            for file in model_dir.iterdir():  # the tokenizer files
+                if file.name.startswith("tokenizer") or file.name in (
+                    "special_tokens_map.json",
+                    "vocab.json",
+                ):
+                    shutil.copy2(file, staging / file.name)
+            replace_directory(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    state.wait_for_everyone()
 
 
 def _total_steps_hint(result: StageResult) -> int:
