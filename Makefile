@@ -28,7 +28,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check sleep_retrofit sleep_retrofit_launcher tests benchmarks recipes
+	$(VENV)/bin/ruff check sleep_retrofit sleep_retrofit_launcher tests benchmarks recipes examples
 
 bench: setup
 	$(PY) benchmarks/bench_kernels.py
