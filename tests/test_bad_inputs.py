@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from sleep_retrofit.cli import main as cli_main
 from sleep_retrofit.presets import load_preset
-from sleep_retrofit.train.cli import main as recipe_main
+from sleep_retrofit.train.recipe_cli import main as recipe_main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RECIPE = REPO / "recipes" / "configs" / "rule110_tiny.yaml"

@@ -13,7 +13,7 @@ from sleep_retrofit.tasks import SleepCollator
 from sleep_retrofit.train import ConfigError, train
 from sleep_retrofit.train.config import config_from_dict
 from sleep_retrofit.train.data import build_rows, training_tokenizer
-from sleep_retrofit.train.modelling import build_model
+from sleep_retrofit.train.model_setup import build_model
 from sleep_retrofit.train.objectives import distillation_loss, frozen_teacher
 
 REPO = Path(__file__).resolve().parents[1]

@@ -227,7 +227,7 @@ def test_the_trainers_periodic_evaluation_scores_like_the_grid(grid, model_dir, 
     from dataclasses import asdict
 
     from sleep_retrofit.train.config import config_from_dict
-    from sleep_retrofit.train.evaluate import evaluate_model
+    from sleep_retrofit.train.periodic_evaluation import evaluate_model
 
     result, _ = grid
     record = next(

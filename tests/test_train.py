@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import sleep_retrofit  # noqa: F401  (registers the Auto classes)
 from sleep_retrofit.train import find_checkpoints, train, training_loss
 from sleep_retrofit.train.config import ConfigError, config_from_dict
-from sleep_retrofit.train.modelling import build_model, fast_weight_parameter_names
+from sleep_retrofit.train.model_setup import build_model, fast_weight_parameter_names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -393,7 +393,7 @@ def test_bad_inputs_fail_before_any_step(tmp_path):
 def test_a_hub_model_that_cannot_be_fetched_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants
 
-    from sleep_retrofit.train.cli import main
+    from sleep_retrofit.train.recipe_cli import main
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network, without the retries
     path = tmp_path / "hub.yaml"

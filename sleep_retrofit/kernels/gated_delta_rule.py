@@ -9,7 +9,7 @@ g is the log decay (<= 0). State S [B, H, K, V], always float32. Per token and h
 With use_qk_l2norm_in_kernel, q <- q / sqrt(sum q^2 + 1e-6) and likewise k (fla's in-kernel
 formula, not F.normalize). scale defaults to K ** -0.5. Outputs are cast to v.dtype.
 
-CONTRACT (filled in by the kernels work):
+Signatures:
     chunk_gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None,
         output_final_state=False, use_qk_l2norm_in_kernel=False, chunk_size=64)
         -> (o [B,T,H,V], final_state [B,H,K,V] float32 or None)

@@ -31,6 +31,6 @@ __all__ = [
 
 def recipe_main(task: str, argv: list[str] | None = None) -> int:
     """`python recipes/<task>.py --config FILE [key=value ...]`: train and print where the model is."""
-    from .cli import main
+    from .recipe_cli import main
 
     return main(task, argv)

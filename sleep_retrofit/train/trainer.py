@@ -38,8 +38,7 @@ from ..tasks import SleepCollator
 from .checkpoints import check_resumable, find_checkpoints, load_latest, save_checkpoint
 from .config import STAGES, ConfigError, StageConfig, TrainConfig
 from .data import EpochShuffleSampler, FeatureDataset, build_rows, training_tokenizer
-from .evaluate import evaluate_model
-from .modelling import (
+from .model_setup import (
     build_model,
     check_vocabulary,
     enable_activation_checkpointing,
@@ -49,6 +48,7 @@ from .modelling import (
 )
 from .objectives import distillation_loss, frozen_teacher, training_loss
 from .optim import build_optimizers, warmup_cosine
+from .periodic_evaluation import evaluate_model
 
 __all__ = [
     "StageResult",
