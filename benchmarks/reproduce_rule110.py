@@ -752,12 +752,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], header: Sequence[str]) -> str
 
 
 def _figure(width: float = 6, height: float = 4, ncols: int = 1):
-    """A matplotlib Figure and its axes, or None without matplotlib."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        _note("matplotlib is not installed: no plot")
-        return None
+    """A matplotlib Figure and its axes."""
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width * ncols, height), layout="constrained")
     return figure, figure.subplots(1, ncols, squeeze=False)[0]
 
@@ -769,10 +766,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
         return None
     task = rows[0]["task"]
     metrics = METRICS[task] if task == "depo" else METRICS[task][:1]
-    made = _figure(ncols=len(metrics))
-    if made is None:
-        return None
-    figure, axes = made
+    figure, axes = _figure(ncols=len(metrics))
     for ax, (key, title) in zip(axes, metrics, strict=True):
         for label in dict.fromkeys(r["label"] for r in rows):
             points = sorted((r["t"], r[key]["mean"], r[key]["std"]) for r in rows if r["label"] == label)
@@ -799,10 +793,7 @@ def plot_per_string(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     if not rows:
         return None
     ts = sorted({r["t"] for r in rows})
-    made = _figure(width=2.6, height=2.8, ncols=len(ts))
-    if made is None:
-        return None
-    figure, axes = made
+    figure, axes = _figure(width=2.6, height=2.8, ncols=len(ts))
     for ax, t in zip(axes, ts, strict=True):
         for label in dict.fromkeys(r["label"] for r in rows):
             (row,) = [r for r in rows if r["label"] == label and r["t"] == t] or [None]
@@ -842,10 +833,7 @@ def plot_losses(summaries: Sequence[dict[str, Any]], path: Path) -> Path | None:
             curves.setdefault(job["label"], []).append((job["seed"], points))
     if not curves:
         return None
-    made = _figure(width=3.2, height=3.0, ncols=len(curves))
-    if made is None:
-        return None
-    figure, axes = made
+    figure, axes = _figure(width=3.2, height=3.0, ncols=len(curves))
     for ax, (label, runs) in zip(axes, curves.items(), strict=True):
         for seed, points in sorted(runs):
             ax.plot(*zip(*points, strict=True), linewidth=1, label=f"seed {seed}")

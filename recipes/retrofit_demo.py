@@ -135,7 +135,7 @@ def pretrain_base(config: dict[str, Any], seed: int, out: Path, progress: bool =
     from sleep_retrofit.tasks import SleepCollator
     from sleep_retrofit.train.config import config_from_dict
     from sleep_retrofit.train.data import EpochShuffleSampler, FeatureDataset, build_rows, training_tokenizer
-    from sleep_retrofit.train.optim import warmup_cosine
+    from sleep_retrofit.train.optim import cosine_schedule
 
     spec = config["base"]
     steps, batch_size = spec["steps"], spec["batch_size"]
@@ -166,7 +166,7 @@ def pretrain_base(config: dict[str, Any], seed: int, out: Path, progress: bool =
         )
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec["lr"], betas=(0.9, 0.95))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, spec["warmup_steps"], 0.0))
+    schedule = cosine_schedule(optimizer, steps, spec["warmup_steps"], min_lr_ratio=0.0)
     model.train()
     step, log = 0, []
     bar = tqdm(total=steps, desc=f"pretrain base (seed {seed})", disable=None if progress else True)
@@ -481,10 +481,8 @@ def write_report(
 
 
 def _plot(rows: list[dict[str, Any]], path: Path, axis: str) -> None:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        return
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(6.5, 4), layout="constrained")
     ax = figure.subplots()
     for label in dict.fromkeys(r["label"] for r in rows):

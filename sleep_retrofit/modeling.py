@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import warnings
-from collections.abc import ItemsView, Iterator, KeysView, Sequence, ValuesView
+from collections.abc import ItemsView, Iterator, KeysView, ValuesView
 from pathlib import Path
 from typing import Any
 
@@ -295,23 +296,16 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         used = {id(p) for module in self.engine().stack.modules() for p in module.parameters()}
         return [name for name, p in self.named_parameters() if id(p) not in used]
 
-    def lora_target_modules(self, names: Sequence[str] = DEFAULT_LORA_TARGETS) -> list[str]:
-        """Full names of the base model's ``nn.Linear`` layers whose last name part is in
-        `names`, outside the fast-weight modules: what to give PEFT's
-        ``LoraConfig(target_modules=...)``.
+    def lora_exclude_modules(self) -> str:
+        """PEFT's ``LoraConfig(exclude_modules=...)`` for this model: a regular expression matching
+        the fast-weight modules and everything inside them.
 
         PEFT matches a list of short names against every module, so ``target_modules=["q_proj",
-        "v_proj"]`` would also put adapters on the fast-weight mixers' ``q_proj`` / ``v_proj``
-        (GatedDeltaNet, JetBlock); train the blocks fully through
-        ``modules_to_save=["fast_weights"]`` instead."""
-        excluded = tuple(self.fast_weight_prefixes())
-        return [
-            name
-            for name, module in self.named_modules()
-            if isinstance(module, nn.Linear)
-            and name.split(".")[-1] in names
-            and not (name + ".").startswith(excluded)
-        ]
+        "v_proj"]`` alone would also put adapters on the fast-weight mixers' ``q_proj`` /
+        ``v_proj`` (GatedDeltaNet, JetBlock); those blocks train fully instead, through
+        ``modules_to_save``."""
+        prefixes = sorted(prefix.rstrip(".") for prefix in self.fast_weight_prefixes())
+        return "(" + "|".join(re.escape(prefix) for prefix in prefixes) + r")(\..*)?"
 
     def get_input_embeddings(self) -> nn.Module:
         return self.base.get_input_embeddings()

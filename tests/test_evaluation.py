@@ -512,21 +512,6 @@ def test_results_of_another_model_are_refused(grid, tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- plot, command line
-def test_plot_is_skipped_with_a_warning_without_matplotlib(grid, model_dir, tmp_path, monkeypatch):
-    _, out = grid
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy)
-    (copy / "accuracy.png").unlink()
-    (copy / "results.md").unlink()
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    _forbid_loading(monkeypatch)
-    with pytest.warns(UserWarning, match="matplotlib is not installed"):
-        result = run_grid(_spec(model_dir, copy))
-    assert result.plot_path is None and not (copy / "accuracy.png").exists()
-    assert (copy / "results.md").exists()
-
-
 def _parse(argv: list[str]) -> argparse.Namespace:
     return add_eval_arguments(argparse.ArgumentParser()).parse_args(argv)
 

@@ -121,19 +121,35 @@ def test_modules_to_save_head_is_used_and_round_trips(tmp_path):
         assert torch.equal(reloaded(input_ids=ids).logits, adapted)
 
 
-def test_lora_target_modules_keep_adapters_off_the_fast_weight_mixers():
+def test_lora_exclude_modules_keep_adapters_off_the_fast_weight_mixers():
     """PEFT matches short names everywhere: target_modules=["q_proj", "v_proj"] also adapts the
-    inserted GatedDeltaNet's q_proj / v_proj. lora_target_modules() names only the base's."""
+    inserted GatedDeltaNet's q_proj / v_proj. exclude_modules=lora_exclude_modules() keeps the
+    adapters on the base's projections only."""
     model = fresh_converted("llama")
     naive = get_peft_model(fresh_converted("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     assert any("fast_weights" in n and "lora_A" in n for n, _ in naive.named_parameters())
 
-    targets = model.lora_target_modules(["q_proj", "v_proj"])
     base_layers = model.config.base_config.num_hidden_layers
-    assert len(targets) == 2 * base_layers
-    assert all(name.startswith("base.") for name in targets)
     peft_model = get_peft_model(
-        model, LoraConfig(r=4, target_modules=targets, modules_to_save=["fast_weights"])
+        model,
+        LoraConfig(
+            r=4,
+            target_modules=["q_proj", "v_proj"],
+            exclude_modules=model.lora_exclude_modules(),
+            modules_to_save=["fast_weights"],
+        ),
     )
     adapted = [n for n, _ in peft_model.named_parameters() if "lora_A" in n]
     assert len(adapted) == 2 * base_layers and not any("fast_weights" in n for n in adapted)
+    assert all(".self_attn." in n for n in adapted)
+
+
+@pytest.mark.parametrize("targets", [["no_such_proj"], ["b_proj"]])
+def test_lora_targets_that_match_nothing_outside_the_blocks_are_a_config_error(targets):
+    """b_proj exists only inside the inserted GatedDeltaNet, which LoRA leaves alone."""
+    from sleep_retrofit.train.config import ConfigError
+    from sleep_retrofit.train.config import LoraConfig as TrainerLora
+    from sleep_retrofit.train.model_setup import prepare_trainable
+
+    with pytest.raises(ConfigError, match=r"match no Linear layer of the base model outside the fast-weight"):
+        prepare_trainable(fresh_converted("llama"), "lora", TrainerLora(target_modules=targets))

@@ -7,7 +7,7 @@ import torch
 
 from sleep_retrofit.train import load_config
 from sleep_retrofit.train.config import ConfigError, apply_overrides, config_from_dict
-from sleep_retrofit.train.optim import build_optimizers, split_parameters, warmup_cosine
+from sleep_retrofit.train.optim import build_optimizers, cosine_schedule, split_parameters
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 
@@ -129,10 +129,18 @@ def test_muon_takes_hidden_matrices_and_adamw_the_rest():
         build_optimizers(model)
 
 
-def test_warmup_cosine_schedule():
-    factor = warmup_cosine(10, warmup_steps=2, min_lr_ratio=0.1)
-    assert factor(0) == pytest.approx(0.5) and factor(1) == pytest.approx(1.0)
-    assert factor(2) == pytest.approx(1.0)
-    assert factor(10) == pytest.approx(0.1)
-    values = [factor(s) for s in range(2, 11)]
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+def test_cosine_schedule_warms_up_then_decays_to_its_floor():
+    """transformers' schedule (0 -> base over the warm-up, half cosine to min_lr_ratio), per optimiser."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    schedule = cosine_schedule(optimizer, total_steps=10, warmup_steps=2, min_lr_ratio=0.1)
+    rates = []
+    for _ in range(11):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[:3] == pytest.approx([0.0, 1.0, 2.0])
+    assert rates[10] == pytest.approx(0.2)
+    assert rates[6] == pytest.approx(0.2 + 1.8 * 0.5)  # half-way through the cosine
+    assert all(a >= b for a, b in zip(rates[2:], rates[3:], strict=False))
+    with pytest.raises(ValueError, match="total_steps must be >= 1"):
+        cosine_schedule(optimizer, total_steps=0)

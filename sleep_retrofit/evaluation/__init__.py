@@ -6,7 +6,7 @@ Every cell of the grid (task, difficulty, N) is scored on held-out data and appe
 ``results.json`` in the output directory, which is rewritten atomically after each cell; a
 rerun skips the cells already there, so an interrupted evaluation resumes where it stopped.
 ``results.md`` holds one table per task (difficulty rows, N columns) and ``accuracy.png`` the
-accuracy against difficulty, one line per N (matplotlib, the ``plot`` extra).
+accuracy against difficulty, one line per N (matplotlib).
 
 The difficulty axis of each task:
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,16 +84,10 @@ def markdown_report(records: Sequence[Mapping[str, Any]], title: str = "Evaluati
 
 
 def plot_results(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path | None:
-    """Accuracy against difficulty, one line per N, one panel per task (PNG). Without
-    matplotlib (the `plot` extra) the plot is skipped with a warning and None returned."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        warnings.warn(
-            "matplotlib is not installed (pip install 'sleep-retrofit[plot]'); skipping the accuracy plot",
-            stacklevel=2,
-        )
-        return None
+    """Accuracy against difficulty, one line per N, one panel per task (PNG); None when there
+    is nothing to plot."""
+    from matplotlib.figure import Figure  # imported here: the rest of the package never needs it
+
     tasks = list(dict.fromkeys(r["task"] for r in records))
     if not tasks:
         return None

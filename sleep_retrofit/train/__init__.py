@@ -8,7 +8,7 @@
 
 from .config import ConfigError, TrainConfig, load_config
 from .objectives import distillation_loss, training_loss
-from .optim import build_optimizers, split_parameters, warmup_cosine
+from .optim import build_optimizers, cosine_schedule, split_parameters
 from .trainer import StageResult, TrainingDiverged, find_checkpoints, run_stage, train
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "TrainConfig",
     "TrainingDiverged",
     "build_optimizers",
+    "cosine_schedule",
     "distillation_loss",
     "find_checkpoints",
     "load_config",
@@ -25,7 +26,6 @@ __all__ = [
     "split_parameters",
     "train",
     "training_loss",
-    "warmup_cosine",
 ]
 
 

@@ -162,20 +162,24 @@ def prepare_trainable(model: SleepRetrofitForCausalLM, finetune: str, lora: Lora
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    targets = model.lora_target_modules(lora.target_modules)
-    if not targets:
-        raise ConfigError(
-            f"lora.target_modules {lora.target_modules} match no Linear layer of the base model"
-        )
     modules_to_save = [p.rstrip(".") for p in model.fast_weight_prefixes()]
     peft_config = PeftLoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=targets,
+        target_modules=list(lora.target_modules),
+        exclude_modules=model.lora_exclude_modules() if modules_to_save else None,
         modules_to_save=[m for m in modules_to_save if m != "fast_weights" or len(model.fast_weights)],
     )
-    return get_peft_model(model, peft_config)
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as error:  # PEFT's wording differs across versions
+        if not any(s in str(error) for s in ("not found in the base model", "No modules were targeted")):
+            raise
+        raise ConfigError(
+            f"lora.target_modules {lora.target_modules} match no Linear layer of the base model "
+            "outside the fast-weight blocks"
+        ) from None
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:

@@ -4,18 +4,18 @@ Muon (torch.optim.Muon) updates the 2-D weight matrices of the hidden layers; Ad
 everything else: embeddings and the output head (2-D, but not hidden-layer matrices: Muon's
 orthogonalised update suits neither), norms, biases, gates (1-D) and convolution kernels
 (3-D, which Muon refuses). Both run under one warmup + cosine schedule, as factors of their
-own base rates.
+own base rates (transformers' cosine schedule with a floor).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-__all__ = ["ParamGroups", "build_optimizers", "split_parameters", "warmup_cosine"]
+__all__ = ["ParamGroups", "build_optimizers", "cosine_schedule", "split_parameters"]
 
 
 class ParamGroups:
@@ -79,17 +79,16 @@ def build_optimizers(
     return optimizers
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1):
-    """The factor of the base learning rate at optimiser step `step`: linear warm-up from 1/warmup
-    to 1 over `warmup_steps`, then a cosine decay to `min_lr_ratio` at `total_steps`."""
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers' warm-up + cosine schedule: the rate rises linearly from 0 over `warmup_steps`
+    optimiser steps, then follows a half cosine down to `min_lr_ratio` x the base rate at
+    `total_steps`. Checked here so a bad stage config fails with its own message."""
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        span = max(1, total_steps - warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / span)
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps, min_lr_rate=min_lr_ratio
+    )

@@ -47,7 +47,7 @@ from .model_setup import (
     save_final_model,
 )
 from .objectives import distillation_loss, frozen_teacher, training_loss
-from .optim import build_optimizers, warmup_cosine
+from .optim import build_optimizers, cosine_schedule
 from .periodic_evaluation import evaluate_model
 
 __all__ = [
@@ -251,8 +251,12 @@ def run_stage(
     batches_per_epoch = len(loader)
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / config.gradient_accumulation_steps))
     total_steps = stage.max_steps or max(1, math.ceil(stage.epochs * steps_per_epoch))
-    factor = warmup_cosine(total_steps, stage.warmup_steps, stage.min_lr_ratio)
-    schedules = _Schedules([torch.optim.lr_scheduler.LambdaLR(o.optimizer, factor) for o in optimizers])
+    schedules = _Schedules(
+        [
+            cosine_schedule(o.optimizer, total_steps, stage.warmup_steps, stage.min_lr_ratio)
+            for o in optimizers
+        ]
+    )
 
     resumed_from = None
     if config.resume:
