@@ -9,13 +9,18 @@ a fine-tuned copy), and puts the blocks back: the model equals the full checkpoi
 
     directory/config.json                  SleepRetrofitConfig + base_reference {source, sha256}
     directory/sleep_adapter.safetensors    fast_weights.* tensors
+    directory/lora/                        PEFT LoRA adapters on the base (only when trained with them)
     directory/tokenizer files
+
+With ``lora/``, loading merges the LoRA adapters into the base after the hash check, as the
+trainer merges them into its full checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +31,14 @@ from torch import nn
 ADAPTER_WEIGHTS = "sleep_adapter.safetensors"
 REFERENCE_KEY = "base_reference"
 ADDED_PREFIX = "fast_weights."
+LORA_DIR = "lora"
+_PEFT_PREFIX = "base_model.model."
 
 __all__ = [
     "ADAPTER_WEIGHTS",
     "BaseMismatchError",
     "is_adapter_checkpoint",
+    "lora_parameter_names",
     "load_referenced_base",
     "load_adapter_checkpoint",
     "save_adapter_checkpoint",
@@ -62,11 +70,13 @@ def save_adapter_checkpoint(
     base_source: str,
     *,
     base_sha256: str | None = None,
+    lora: str | os.PathLike | None = None,
 ) -> None:
     """Write `model`'s added tensors and config (with the base reference) into `directory`.
 
     base_sha256: the hash of the base as stored (default: of ``model.base`` as it is, right when
-    the model was built from the stored base). The added tensors are written as the model holds them."""
+    the model was built from the stored base). The added tensors are written as the model holds them.
+    lora: a PEFT adapter directory (LoRA on the base) to ship as ``lora/``."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     config = model.config
@@ -88,6 +98,27 @@ def save_adapter_checkpoint(
         if name.startswith(ADDED_PREFIX)
     }
     save_file(added, str(path / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    if lora is not None:
+        (path / LORA_DIR).mkdir()
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy2(Path(lora) / name, path / LORA_DIR / name)
+
+
+def lora_parameter_names(lora: str | os.PathLike) -> set[str]:
+    """Names (in the converted model) of the parameters a PEFT adapter directory changes when
+    merged: the weight and bias of every LoRA-adapted Linear and every module it saves whole."""
+    from safetensors import safe_open
+
+    names = set()
+    with safe_open(str(Path(lora) / "adapter_model.safetensors"), framework="pt") as weights:
+        for key in weights.keys():  # noqa: SIM118  (safe_open has no __iter__)
+            key = key.removeprefix(_PEFT_PREFIX)
+            if ".lora_" in key:
+                module = key.split(".lora_")[0]
+                names.update((f"{module}.weight", f"{module}.bias"))
+            else:
+                names.add(key)
+    return names
 
 
 def load_referenced_base(source: str) -> nn.Module:
@@ -152,5 +183,10 @@ def load_adapter_checkpoint(directory: str | os.PathLike, config: Any = None, **
             f"{str(path / ADAPTER_WEIGHTS)!r} does not fit its config: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}"
         )
+    lora = path / LORA_DIR
+    if (lora / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, lora).merge_and_unload()
     model.load_state_dict(added, strict=False)
     return model.eval()

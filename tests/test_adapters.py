@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
@@ -123,3 +124,41 @@ def test_the_trainer_publishes_an_adapter_of_what_it_trained(bf16_base, tmp_path
         ConfigError, match="save_adapter keeps the base untouched, but stage2.finetune='full'"
     ):
         config_from_dict(values)
+
+
+def test_the_trainer_publishes_lora_adapters_with_the_blocks(bf16_base, tmp_path):
+    """Stage 2 with LoRA: the adapter ships the blocks and the unmerged LoRA weights (lora/) and
+    loads, merged in the base's dtype, to the trained model; it is a small share of the full one."""
+    from sleep_retrofit.train import train
+    from sleep_retrofit.train.config import config_from_dict
+
+    values = {
+        "output_dir": str(tmp_path / "run"),
+        "stages": ["stage1", "stage2"],
+        "save_adapter": True,
+        "batch_size": 4,
+        "progress": False,
+        "model": {"source": str(bf16_base), "window": 8, "passes": 2},
+        "data": {"task": "rule110", "train_examples": 16, "eval_examples": 4,
+                 "options": {"width": 6, "num_strings": 2, "steps": 1}},
+        "stage1": {"max_steps": 2, "optimizer": "adamw", "adamw_lr": 1e-2},
+        "stage2": {"max_steps": 3, "finetune": "lora", "optimizer": "adamw", "adamw_lr": 1e-2,
+                   "lora": {"r": 2, "target_modules": ["q_proj", "v_proj"]}},
+    }  # fmt: skip
+    train(config_from_dict(values))
+    adapter, full = tmp_path / "run" / "adapter", tmp_path / "run" / "model"
+    lora = safetensors.torch.load_file(str(adapter / "lora" / "adapter_model.safetensors"))
+    lora_b = [t for name, t in lora.items() if "lora_B" in name]
+    assert lora_b and all(t.abs().max() > 0 for t in lora_b)  # trained, not the zero init
+    assert not any("fast_weights" in name and "lora_" in name for name in lora)
+
+    loaded = AutoModelForCausalLM.from_pretrained(adapter).eval()
+    expected = AutoModelForCausalLM.from_pretrained(full, dtype=torch.bfloat16).eval()
+    stored = AutoModelForCausalLM.from_pretrained(bf16_base, dtype="auto")
+    q_proj = "base.model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(loaded.state_dict()[q_proj], stored.state_dict()[q_proj.removeprefix("base.")])
+    ids = torch.randint(3, 20, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, expected(ids).logits, rtol=2e-2, atol=2e-2)
+    size = sum(f.stat().st_size for f in adapter.rglob("*.safetensors"))
+    assert size < 0.5 * sum(f.stat().st_size for f in full.glob("*.safetensors"))

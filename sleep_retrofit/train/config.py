@@ -441,12 +441,11 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(
                 "save_adapter needs a base to refer to; model.source=toy builds one from scratch"
             )
-        changing = [n for n in stages if n != "stage1" and config.stage(n).finetune != "fast_weights"]
+        changing = [n for n in stages if n != "stage1" and config.stage(n).finetune == "full"]
         if changing:
             raise ConfigError(
-                f"save_adapter keeps the base untouched, but {changing[0]}.finetune="
-                f"{config.stage(changing[0]).finetune!r} trains it; use finetune: fast_weights "
-                "(or drop save_adapter)"
+                f"save_adapter keeps the base untouched, but {changing[0]}.finetune='full' "
+                "trains all of it; use finetune: lora or fast_weights (or drop save_adapter)"
             )
 
     for name in STAGES:

@@ -191,9 +191,14 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
     enable()
 
 
-def save_final_model(model: nn.Module, tokenizer: Any, directory: Path) -> Path:
-    """Save `model` as a converted checkpoint (LoRA adapters merged) + `tokenizer` into `directory`."""
+def save_final_model(
+    model: nn.Module, tokenizer: Any, directory: Path, lora_directory: Path | None = None
+) -> Path:
+    """Save `model` as a converted checkpoint (LoRA adapters merged) + `tokenizer` into `directory`;
+    with `lora_directory`, a PEFT model's adapters are also saved there unmerged (PEFT's format)."""
     if hasattr(model, "merge_and_unload"):
+        if lora_directory is not None:
+            model.save_pretrained(lora_directory)
         model = model.merge_and_unload()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

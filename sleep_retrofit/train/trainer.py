@@ -60,6 +60,7 @@ __all__ = [
 
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
+LORA_DIR = "lora"  # a LoRA stage's adapters, unmerged, when save_adapter is on
 DONE_FILE = "training_complete.json"
 LOG_FILE = "log.jsonl"
 
@@ -407,7 +408,8 @@ def run_stage(
     evaluate(progress.step)
     accelerator.wait_for_everyone()
     if main:
-        save_final_model(accelerator.unwrap_model(model), tokenizer, stage_dir / MODEL_DIR)
+        lora_dir = stage_dir / LORA_DIR if config.save_adapter else None
+        save_final_model(accelerator.unwrap_model(model), tokenizer, stage_dir / MODEL_DIR, lora_dir)
         summary = {"stage": name, "steps": progress.step, "last_loss": last_loss}
         (stage_dir / DONE_FILE).write_text(json.dumps(summary))
         _log(log_path, {"event": "done", **summary})
@@ -447,6 +449,33 @@ def train(config: TrainConfig, *, stop_after: int | None = None) -> list[StageRe
     return results
 
 
+def _lora_of_run(config: TrainConfig) -> Path | None:
+    """The LoRA adapters a stage of this run saved for save_adapter (None when no stage is LoRA)."""
+    for name in config.stages:
+        if config.stage(name).finetune == "lora":
+            lora = Path(config.output_dir).expanduser() / name / LORA_DIR
+            if not (lora / "adapter_config.json").is_file():
+                raise ConfigError(
+                    f"save_adapter: {lora} is missing: {name} finished in a run without save_adapter; "
+                    f"delete {lora.parent} to train it again"
+                )
+            return lora
+    return None
+
+
+def _check_adapter_reproduces(adapter: Path, model: torch.nn.Module) -> None:
+    """The adapter, loaded as a user would, holds the trained model's weights (merging LoRA in the
+    base's dtype rounds like that dtype does)."""
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(adapter).state_dict()
+    for name, tensor in model.state_dict().items():
+        try:
+            torch.testing.assert_close(loaded[name], tensor)
+        except AssertionError:
+            raise ConfigError(f"save_adapter: the adapter does not load back to the trained {name}") from None
+
+
 def _base_reference(source: str) -> str:
     """What an adapter of a model trained from `source` refers to: the base itself (a preset, a
     local base directory or a Hub id), or the base an adapter-only conversion refers to."""
@@ -467,13 +496,14 @@ def _base_reference(source: str) -> str:
 
 
 def _publish_adapter(config: TrainConfig, model_dir: Path, target: Path) -> None:
-    """{output_dir}/adapter: the final model's blocks and sleep config, referring to the base as
-    stored (its hash, its dtype), after checking that training left the base's weights as they
-    are there. Main process only; written beside and renamed into place like the model."""
+    """{output_dir}/adapter: the final model's blocks, its LoRA adapters (unmerged, when a stage
+    trained LoRA) and sleep config, referring to the base as stored (its hash, its dtype). Checked
+    before it is published: training left every other base weight as stored, and the adapter
+    loads back to the trained model. Main process only; written beside and renamed into place."""
     from accelerate import PartialState
     from transformers import AutoModelForCausalLM
 
-    from ..adapters import load_referenced_base, save_adapter_checkpoint, weights_sha256
+    from ..adapters import load_referenced_base, lora_parameter_names, save_adapter_checkpoint, weights_sha256
 
     state = PartialState(cpu=_on_cpu(config))
     if state.is_main_process:
@@ -481,21 +511,25 @@ def _publish_adapter(config: TrainConfig, model_dir: Path, target: Path) -> None
         stored = load_referenced_base(reference)
         dtype = next(stored.parameters()).dtype  # the blocks as a load in the base's dtype has them
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        lora = _lora_of_run(config)
+        adapted = lora_parameter_names(lora) if lora is not None else set()
         trained = model.base.state_dict()
         for name, tensor in stored.state_dict().items():
-            if not torch.equal(trained[name].to(tensor.dtype), tensor):
+            if f"base.{name}" not in adapted and not torch.equal(trained[name].to(tensor.dtype), tensor):
                 raise ConfigError(
                     f"save_adapter: training changed the base's {name}; the adapter would not fit it"
                 )
         staging = staging_directory(target)
         try:
-            save_adapter_checkpoint(model, staging, reference, base_sha256=weights_sha256(stored))
+            save_adapter_checkpoint(model, staging, reference, base_sha256=weights_sha256(stored), lora=lora)
             for file in model_dir.iterdir():  # the tokenizer files
                 if file.name.startswith("tokenizer") or file.name in (
                     "special_tokens_map.json",
                     "vocab.json",
                 ):
                     shutil.copy2(file, staging / file.name)
+            if lora is not None:
+                _check_adapter_reproduces(staging, model)
             replace_directory(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
