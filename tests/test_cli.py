@@ -114,25 +114,6 @@ def test_presets_lists_every_preset(capsys):
     assert [line.split()[0] for line in lines] == list(PRESETS)
 
 
-@pytest.mark.parametrize("extra", [[], ["--adapter-only"]])
-def test_convert_and_generate_example_runs(extra):
-    script = Path(__file__).resolve().parents[1] / "examples" / "convert_and_generate.py"
-    done = subprocess.run([sys.executable, str(script), *extra], capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr
-    assert "chunk(s) of L=16, each slept on with N=2" in done.stdout and "completion:" in done.stdout
-    assert ("sleep_adapter.safetensors" in done.stdout) == bool(extra)
-
-
-def test_kernel_demo_example_runs():
-    script = Path(__file__).resolve().parents[1] / "examples" / "kernel_demo.py"
-    done = subprocess.run(
-        [sys.executable, str(script), "--tokens", "128"], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert "gated delta rule, 128 tokens" in done.stdout and "JetBlock state carry" in done.stdout
-    assert float(done.stdout.split("max relative difference of outputs: ")[1].split()[0]) < 1e-4
-
-
 # ------------------------------------------------------------------------------------- bad input
 
 
