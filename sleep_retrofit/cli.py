@@ -15,12 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import torch
+
 from . import __version__
 from .arguments import OneLineParser
+from .checks import nearest_existing, writable_directory
 from .convert import DTYPES, convert
 from .converted import describe, load_converted
 from .errors import ConvertError
@@ -28,6 +32,7 @@ from .evaluation import add_eval_arguments, run_eval
 from .generation import timed_generate
 from .presets import PRESETS
 from .retrofit import FAST_WEIGHT_KINDS, format_parameter_count
+from .sessions import SleepState, SleepStateError
 from .sleep import EVICTION_MODES
 
 Number = TypeVar("Number", int, float)
@@ -224,6 +229,75 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ingest(args: argparse.Namespace) -> int:
+    document = Path(args.file).expanduser()
+    if not document.is_file():  # before loading anything
+        raise ConvertError(f"--file {args.file!r} is not a file")
+    try:
+        text = document.read_text()
+    except UnicodeDecodeError:
+        raise ConvertError(f"--file {args.file!r} is not UTF-8 text") from None
+    if not text.strip():
+        raise ConvertError(f"--file {args.file!r} is empty")
+    out = Path(args.out).expanduser()
+    if out.exists() and not (out / "state.json").is_file():
+        raise ConvertError(f"--out {args.out!r} exists and is not a saved state; choose another --out")
+    if not writable_directory(nearest_existing(out.parent)):
+        raise ConvertError(f"cannot write under {str(nearest_existing(out.parent))!r}; choose another --out")
+    model, tokenizer = load_converted(
+        args.dir, passes=args.passes, window=args.window, eviction=args.eviction
+    )
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    began = time.perf_counter()
+    state = model.ingest(ids)
+    seconds = time.perf_counter() - began
+    state.save(out)
+    print(
+        f"read {state.tokens} tokens in {seconds:.2f} s ({state.tokens / max(seconds, 1e-9):,.0f} tokens/s): "
+        f"{state.cache.stats['evictions']} chunk(s) of L={state.window} consolidated with N={state.passes}, "
+        f"eviction {state.eviction}"
+    )
+    print(f"state: {out} ({state.cache.memory_bytes():,} bytes held; answer with `sleep-retrofit ask`)")
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    if not all(p.strip() for p in args.prompt):  # before loading anything
+        raise ConvertError("every --prompt must be a non-empty string")
+    try:
+        state = SleepState.load(args.state)
+    except SleepStateError as error:
+        raise ConvertError(str(error)) from None
+    model, tokenizer = load_converted(args.dir)
+    try:
+        state.check_model(model)
+    except SleepStateError as error:
+        raise ConvertError(f"{error} (the state in {args.state} was not made from {args.dir})") from None
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    batch = tokenizer(list(args.prompt), return_tensors="pt", padding=True, add_special_tokens=False)
+    began = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(
+            **batch,
+            sleep_state=state,
+            passes=args.passes,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    seconds = time.perf_counter() - began
+    for prompt, row in zip(args.prompt, out, strict=True):
+        answer = tokenizer.decode(row[batch.input_ids.shape[1] :], skip_special_tokens=True)
+        print(f"Q: {prompt}\nA: {answer}")
+    print(
+        f"--- {len(args.prompt)} question(s) from one state of {state.tokens} tokens in {seconds:.2f} s; "
+        f"the document was not read again"
+    )
+    return 0
+
+
 def _presets(args: argparse.Namespace) -> int:
     width = max(len(name) for name in PRESETS)
     for name, description in PRESETS.items():
@@ -388,6 +462,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.set_defaults(func=_generate)
 
+    ingest = sub.add_parser(
+        "ingest", help="read a document once with sleep and save its consolidated state (for `ask`)"
+    )
+    ingest.add_argument("dir", metavar="DIR", help="a directory written by `sleep-retrofit convert`")
+    ingest.add_argument("--file", required=True, metavar="PATH", help="the document (UTF-8 text)")
+    ingest.add_argument("--out", required=True, metavar="DIR", help="where to write the state")
+    ingest.add_argument(
+        "--passes", type=_positive_int, default=None, metavar="N", help="override the checkpoint's passes"
+    )
+    ingest.add_argument(
+        "--window", type=_positive_int, default=None, metavar="L", help="override the checkpoint's window"
+    )
+    ingest.add_argument("--eviction", choices=EVICTION_MODES, default=None, help="override the eviction")
+    ingest.set_defaults(func=_ingest)
+
+    ask = sub.add_parser("ask", help="answer questions from a state saved by `ingest` (greedy decoding)")
+    ask.add_argument("dir", metavar="DIR", help="the converted checkpoint that wrote the state")
+    ask.add_argument("--state", required=True, metavar="DIR", help="a directory written by `ingest`")
+    ask.add_argument(
+        "--prompt", required=True, action="append", metavar="TEXT", help="a question (repeat for a batch)"
+    )
+    ask.add_argument(
+        "--max-new-tokens", type=_new_tokens, default=32, metavar="K", help="tokens per answer (default 32)"
+    )
+    ask.add_argument(
+        "--passes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="passes for the chunks the questions complete (default: the state's)",
+    )
+    ask.set_defaults(func=_ask)
+
     evaluate = sub.add_parser("eval", help="evaluate a converted model across N and task difficulty")
     add_eval_arguments(evaluate)
     evaluate.set_defaults(func=run_eval)
@@ -414,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         # eval writes each finished cell to results.json, and a rerun resumes from them.
         if out is None or _identity(out) == before:
             outcome = "nothing was written"
-        elif args.command == "convert":
+        elif args.command in ("convert", "ingest"):
             outcome = f"{out} had already been written in full"
         else:
             outcome = f"the finished cells are in {out}; rerun the same command to resume"

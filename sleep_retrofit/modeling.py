@@ -14,7 +14,7 @@ import copy
 import os
 import re
 import warnings
-from collections.abc import ItemsView, Iterator, KeysView, ValuesView
+from collections.abc import ItemsView, Iterator, KeysView, Sequence, ValuesView
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from .retrofit import (
     build_fast_weight_blocks,
     default_plan,
 )
+from .sessions import SleepState, model_fingerprint
 from .sleep import SleepCache, SleepEngine, SleepSettings, build_stack
 
 SHIM_MODULE = "modeling_sleep_retrofit"
@@ -141,17 +142,25 @@ class _GroupStoppingCriteria(StoppingCriteria):
     slice the input at its original prompt length): the group's rows in their places with their
     removed padding columns put back, every other row stood in for by a copy of the group's
     first row (which finishes when that row does); the answer is read back for the group's rows.
-    Each group gets its own copy of the criterion, so no state crosses groups."""
+    Each group gets its own copy of the criterion, so no state crosses groups. The first `held`
+    columns (a sleep state's placeholders) are not the caller's and are cut before it looks."""
 
-    def __init__(self, criterion: StoppingCriteria, rows: torch.Tensor, removed: torch.Tensor, batch: int):
+    def __init__(
+        self,
+        criterion: StoppingCriteria,
+        rows: torch.Tensor,
+        removed: torch.Tensor,
+        batch: int,
+        held: int = 0,
+    ):
         self.criterion = copy.deepcopy(criterion)
-        self.rows, self.removed = rows, removed
+        self.rows, self.removed, self.held = rows, removed, held
         self.index = torch.zeros(batch, dtype=torch.long, device=rows.device)
         self.index[rows] = torch.arange(len(rows), device=rows.device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any):
         index = self.index.to(input_ids.device)
-        ids = torch.cat([self.removed.to(input_ids.device), input_ids], dim=1)[index]
+        ids = torch.cat([self.removed.to(input_ids.device), input_ids[:, self.held :]], dim=1)[index]
         if isinstance(scores, torch.Tensor):
             scores = scores[index]
         done = self.criterion(ids, scores, **kwargs)
@@ -478,8 +487,57 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         return output if return_dict is None or return_dict else output.to_tuple()
 
     # ----------------------------------------------------------------- generation
+    def ingest(
+        self,
+        document: torch.Tensor | str | Sequence[int],
+        *,
+        passes: int | None = None,
+        window: int | None = None,
+        eviction: str | None = None,
+        tokenizer: Any = None,
+    ) -> SleepState:
+        """Read a document with sleep and return what it leaves: a :class:`SleepState` (the
+        consolidated fast-weight states, the window's keys/values, the position) that
+        ``generate(question_ids, sleep_state=state)`` answers from, any number of times.
+
+        document: token ids ([T] or [B, T], B documents without padding) or text (tokenized with
+            `tokenizer`, default the one saved beside the model).
+        passes / window / eviction: override the config (None = keep).
+        """
+        if isinstance(document, str):
+            if tokenizer is None:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
+            document = tokenizer(document, return_tensors="pt").input_ids
+        ids = torch.as_tensor(document, dtype=torch.long, device=self.device)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(
+                f"ingest takes a non-empty [T] or [B, T] of token ids, got shape {list(ids.shape)}"
+            )
+        vocab = self.get_input_embeddings().num_embeddings
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise ValueError(
+                f"token ids must be in [0, {vocab}) for this model, got {int(ids.min())}..{int(ids.max())}"
+            )
+        settings = self.config.sleep_settings(passes=passes, window=window, eviction=eviction)
+        cache = SleepCache()
+        with torch.no_grad():
+            self(
+                input_ids=ids,
+                cache=cache,
+                logits_to_keep=1,
+                passes=settings.passes,
+                window=settings.window,
+                eviction=settings.eviction,
+            )
+        return SleepState(cache, settings.passes, settings.window, settings.eviction, model_fingerprint(self))
+
     def generate(self, inputs: torch.Tensor | None = None, generation_config: Any = None, **kwargs: Any):
-        """transformers' generate(), with every row chunked as it would be alone.
+        """transformers' generate(), with every row chunked as it would be alone, optionally
+        continuing a document read by :meth:`ingest` (``sleep_state=state``).
 
         Chunks are cut at multiples of L from column 0, so a left-padded row (a tokenizer's
         ``padding=True``) whose padding is not a multiple of L would be cut at other boundaries
@@ -489,8 +547,16 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         order and columns: left padding as given, finished rows right-padded with the pad token
         (as transformers pads rows that stop early). A batch whose rows need several groups
         returns sequences only (``return_dict_in_generate`` is refused); one group keeps the
-        whole output."""
+        whole output.
+
+        With ``sleep_state``, each row continues its own copy of the state (a state of one
+        document serves a whole batch of questions; the state itself is never changed), the
+        returned sequences hold the question and its answer (not the document), and the state's
+        window and eviction apply (its passes too, unless ``passes=`` is given)."""
+        state = kwargs.pop("sleep_state", None)
         ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if state is not None:
+            return self._generate_from_state(state, ids, generation_config, kwargs)
         mask = kwargs.get("attention_mask")
         resumed = kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None
         if (
@@ -503,35 +569,91 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
             return super().generate(inputs, generation_config, **kwargs)
         window = kwargs.get("window") or self.config.window
         shift = _left_padding(mask) % window
-        groups = {int(r): (shift == r).nonzero().flatten() for r in shift.unique().tolist()}
-        if list(groups) == [0]:
+        if not bool(shift.any()):
             return super().generate(inputs, generation_config, **kwargs)
+        kwargs.pop("input_ids", None)
+        return self._generate_in_groups(ids, mask, shift, generation_config, kwargs)
+
+    def _generate_from_state(self, state: SleepState, ids: Any, generation_config: Any, kwargs: dict):
+        if not isinstance(state, SleepState):
+            raise TypeError(
+                f"sleep_state must be a SleepState (from model.ingest), got {type(state).__name__}"
+            )
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.is_floating_point():
+            raise ValueError("generate(sleep_state=...) needs the question as input_ids [B, T]")
+        for name in ("cache", "past_key_values"):
+            if kwargs.get(name) is not None:
+                raise ValueError(f"pass either sleep_state or {name}, not both")
+        for name in ("window", "eviction"):
+            if kwargs.get(name) not in (None, getattr(state, name)):
+                raise ValueError(
+                    f"this sleep state was read with {name}={getattr(state, name)!r}; it cannot continue "
+                    f"with {name}={kwargs[name]!r}"
+                )
+        state.check_model(self)
+        kwargs.pop("input_ids", None)
+        kwargs.update(window=state.window, eviction=state.eviction)
+        kwargs.setdefault("passes", state.passes)
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones_like(ids)
+        return self._generate_in_groups(
+            ids, mask, _left_padding(mask) % state.window, generation_config, kwargs, state
+        )
+
+    def _generate_in_groups(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        shift: torch.Tensor,
+        generation_config: Any,
+        kwargs: dict,
+        state: SleepState | None = None,
+    ):
+        """generate() per group of rows of equal left padding modulo L (`shift`), merged back
+        (see generate). With `state`, every group continues a copy of it: the columns the state
+        already holds are given as placeholders, as transformers expects a resumed cache's
+        input to start with what the cache consumed, and are cut from the output."""
+        groups = {int(r): (shift == r).nonzero().flatten() for r in shift.unique().tolist()}
         config = generation_config if generation_config is not None else self.generation_config
         if len(groups) > 1 and kwargs.get("return_dict_in_generate", config.return_dict_in_generate):
+            window = kwargs.get("window") or self.config.window
             raise ValueError(
                 f"rows whose left padding differs modulo the window L={window} are generated in separate "
                 "groups (each as it is alone), and return_dict_in_generate=True cannot merge their "
                 "scores; pad every row to the same length modulo L, or generate those rows separately"
             )
-        kwargs.pop("input_ids", None)
+        held = state.tokens if state is not None else 0
         pieces = []
         user_criteria = kwargs.get("stopping_criteria")
         for r, rows in groups.items():
-            group_kwargs = {**kwargs, "attention_mask": mask[rows, r:]}
-            # Absolute lengths count the r padding columns the group no longer has.
+            group_ids, group_mask = ids[rows, r:], mask[rows, r:]
+            group_kwargs = {**kwargs}
+            if state is not None:
+                group_ids = torch.cat([group_ids.new_zeros(len(rows), held), group_ids], dim=1)
+                group_mask = torch.cat([group_mask.new_ones(len(rows), held), group_mask], dim=1)
+                group_kwargs["cache"] = state.fork(len(rows), device=ids.device)
+            group_kwargs["attention_mask"] = group_mask
+            # Absolute lengths count the r padding columns the group no longer has (and the
+            # placeholder columns of a state, which the caller never sees).
             for name in ("max_length", "min_length"):
                 if kwargs.get(name) is not None:
-                    group_kwargs[name] = max(0, kwargs[name] - r)
+                    group_kwargs[name] = max(0, kwargs[name] - r + held)
             group_config = generation_config
             if generation_config is not None and generation_config.max_new_tokens is None:
                 group_config = copy.deepcopy(generation_config)
-                group_config.max_length = max(0, generation_config.max_length - r)
+                group_config.max_length = max(0, generation_config.max_length - r + held)
             if user_criteria:
                 group_kwargs["stopping_criteria"] = StoppingCriteriaList(
-                    _GroupStoppingCriteria(criteria, rows, ids[rows, :r], ids.shape[0])
+                    _GroupStoppingCriteria(criteria, rows, ids[rows, :r], ids.shape[0], held)
                     for criteria in user_criteria
                 )
-            out = super().generate(ids[rows, r:], group_config, **group_kwargs)
+            out = super().generate(group_ids, group_config, **group_kwargs)
+            if held:
+                if isinstance(out, torch.Tensor):
+                    out = out[:, held:]
+                else:
+                    out.sequences = out.sequences[:, held:]
             pieces.append((r, rows, out))
         pad = _pad_token_id(config, kwargs)
         width = max(r + (o if isinstance(o, torch.Tensor) else o.sequences).shape[1] for r, _, o in pieces)

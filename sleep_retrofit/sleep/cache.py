@@ -191,6 +191,82 @@ class SleepCache(FastWeightStates, Cache):
         self.chunk_embeds = self.chunk_valid = None
         self.chunk_woken = True
 
+    # ------------------------------------------------------------- saving and copying
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+        """Everything this cache holds as named tensors + JSON-able metadata (for safetensors):
+        :meth:`from_tensors` rebuilds an equal cache. A snapshot state that is the current
+        state (no chunk started since) is stored once and shared again when rebuilt."""
+        tensors: dict[str, torch.Tensor] = {}
+        for slot in self.keys:
+            tensors[f"keys.{slot}"], tensors[f"values.{slot}"] = self.keys[slot], self.values[slot]
+        if self.key_positions is not None:
+            tensors["key_positions"], tensors["key_valid"] = self.key_positions, self.key_valid
+        if self.chunk_embeds is not None:
+            tensors["chunk_embeds"], tensors["chunk_valid"] = self.chunk_embeds, self.chunk_valid
+        shared = []
+        for group, states in (("states", self.states), ("snapshot", self.snapshot)):
+            for key, state in states.items():
+                if group == "snapshot" and self.states.get(key) is state:
+                    shared.append(key)
+                    continue
+                tensors[f"{group}.{key}.recurrent"] = state.recurrent
+                for i, conv in enumerate(state.conv):
+                    tensors[f"{group}.{key}.conv.{i}"] = conv
+        metadata = {
+            "slots": sorted(self.keys),
+            "states": {key: len(state.conv) for key, state in self.states.items()},
+            "snapshot": {key: len(state.conv) for key, state in self.snapshot.items()},
+            "snapshot_shared": shared,
+            "chunk_woken": self.chunk_woken,
+            "seen_tokens": self.seen_tokens,
+        }
+        # Owned, contiguous copies: safetensors refuses views that share storage.
+        return {name: t.detach().contiguous().clone() for name, t in tensors.items()}, metadata
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, object]) -> SleepCache:
+        """The cache :meth:`to_tensors` described."""
+        cache = cls()
+        for slot in metadata["slots"]:
+            cache.keys[int(slot)], cache.values[int(slot)] = (
+                tensors[f"keys.{slot}"],
+                tensors[f"values.{slot}"],
+            )
+        if "key_positions" in tensors:
+            cache.key_positions, cache.key_valid = tensors["key_positions"], tensors["key_valid"]
+        if "chunk_embeds" in tensors:
+            cache.chunk_embeds, cache.chunk_valid = tensors["chunk_embeds"], tensors["chunk_valid"]
+        for group in ("states", "snapshot"):
+            target = getattr(cache, group)
+            for key, convs in metadata[group].items():
+                if group == "snapshot" and key in metadata["snapshot_shared"]:
+                    target[key] = cache.states[key]
+                    continue
+                target[key] = FastWeightState(
+                    tensors[f"{group}.{key}.recurrent"],
+                    tuple(tensors[f"{group}.{key}.conv.{i}"] for i in range(convs)),
+                )
+        cache.chunk_woken = bool(metadata["chunk_woken"])
+        cache.seen_tokens = int(metadata["seen_tokens"])
+        return cache
+
+    def copy(self) -> SleepCache:
+        """An independent copy (nothing the copy consumes reaches this cache)."""
+        copied = SleepCache.from_tensors(*self.to_tensors())
+        copied.timed = self.timed
+        return copied
+
+    @property
+    def batch_size(self) -> int | None:
+        """Rows held (None for a cache that has consumed nothing)."""
+        if self.keys:
+            return next(iter(self.keys.values())).shape[0]
+        if self.states:
+            return next(iter(self.states.values())).batch_size
+        if self.chunk_embeds is not None:
+            return self.chunk_embeds.shape[0]
+        return None
+
     # ------------------------------------------------------------- generate() support
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.batch_select_indices(beam_idx)
@@ -210,11 +286,7 @@ class SleepCache(FastWeightStates, Cache):
             self.chunk_embeds, self.chunk_valid = pick(self.chunk_embeds), pick(self.chunk_valid)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        batch = next(iter(self.keys.values())).shape[0] if self.keys else None
-        if batch is None and self.states:
-            batch = next(iter(self.states.values())).batch_size
-        if batch is None and self.chunk_embeds is not None:
-            batch = self.chunk_embeds.shape[0]
+        batch = self.batch_size
         if batch is not None:
             self.batch_select_indices(torch.arange(batch).repeat_interleave(repeats))
 
