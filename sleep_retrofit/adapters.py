@@ -147,7 +147,11 @@ def load_adapter_checkpoint(directory: str | os.PathLike, config: Any = None, **
 
     path = Path(directory)
     dtype = overrides.pop("dtype", None) or overrides.pop("torch_dtype", None)
-    settings = {k: overrides.pop(k) for k in ("passes", "window", "eviction") if overrides.get(k) is not None}
+    settings = {
+        k: overrides.pop(k)
+        for k in ("passes", "window", "eviction", "tolerance")
+        if overrides.get(k) is not None
+    }
     if config is None:
         config = SleepRetrofitConfig.from_pretrained(path, **settings)
     else:

@@ -75,8 +75,9 @@ class SleepRetrofitConfig(PreTrainedConfig):
         window: L, chunk length (and attention window with sliding eviction).
         eviction: "hard" or "sliding".
         loop_span: [start, end) base layers looped by sleep; None = the family default.
+        tolerance: adaptive sleep (:class:`SleepSettings`); 0 = always N passes.
 
-    ``passes``, ``window`` and ``eviction`` are top-level so that
+    ``passes``, ``window``, ``eviction`` and ``tolerance`` are top-level so that
     ``from_pretrained(dir, passes=4)`` overrides them at load time.
     """
 
@@ -91,6 +92,7 @@ class SleepRetrofitConfig(PreTrainedConfig):
         window: int = 2048,
         eviction: str = "hard",
         loop_span: list[int] | None = None,
+        tolerance: float = 0.0,
         **kwargs,
     ) -> None:
         if isinstance(base_config, dict):
@@ -103,6 +105,7 @@ class SleepRetrofitConfig(PreTrainedConfig):
         self.fast_weights = dict(fast_weights or {})
         self.passes, self.window, self.eviction = passes, window, eviction
         self.loop_span = list(loop_span) if loop_span is not None else None
+        self.tolerance = tolerance
         if base_config is not None:
             for name in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"):
                 kwargs.setdefault(name, getattr(base_config, name, None))
@@ -129,6 +132,7 @@ class SleepRetrofitConfig(PreTrainedConfig):
             window=self.window,
             eviction=self.eviction,
             loop_span=tuple(self.loop_span) if self.loop_span is not None else None,
+            tolerance=getattr(self, "tolerance", 0.0),
         )
         return settings.replace(**overrides)
 
@@ -242,7 +246,10 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
             pretrained_model_name_or_path
         ):
             config = kwargs.get("config")
-            keep = {k: kwargs.get(k) for k in ("passes", "window", "eviction", "dtype", "torch_dtype")}
+            keep = {
+                k: kwargs.get(k)
+                for k in ("passes", "window", "eviction", "tolerance", "dtype", "torch_dtype")
+            }
             return load_adapter_checkpoint(
                 pretrained_model_name_or_path,
                 config=config if isinstance(config, cls.config_class) else None,
@@ -326,7 +333,8 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         return self.base.get_output_embeddings()
 
     def engine(self, **overrides: Any) -> SleepEngine:
-        """The engine for these settings (`passes`, `window`, `eviction` overrides; None = keep).
+        """The engine for these settings (`passes`, `window`, `eviction`, `tolerance` overrides;
+        None = keep).
 
         Engines are memoised per settings: generate() calls forward once per token and the
         stack view need not be rebuilt each time (it only references modules). The memo is
@@ -379,6 +387,7 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         passes: int | None = None,
         window: int | None = None,
         eviction: str | None = None,
+        tolerance: float | None = None,
         position_ids: torch.LongTensor | None = None,
         past_key_values: SleepCache | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
@@ -397,7 +406,7 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
                 logits then cover only the positions with a target, in order
                 (:func:`target_logits` splits them per row).
             logits_to_keep: without labels, 0 = logits at every position, k > 0 = the last k.
-            passes / window / eviction: override the config for this call.
+            passes / window / eviction / tolerance: override the config for this call.
             position_ids, cache_position: ignored; positions count consumed tokens (RoPE sees
                 relative positions only, so left padding needs no shift).
             num_items_in_batch: the loss is the target tokens' summed cross-entropy divided by
@@ -426,7 +435,7 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         cache = cache if cache is not None else past_key_values
         if cache is not None and not isinstance(cache, SleepCache):
             raise ValueError(f"cache must be a SleepCache, got {type(cache).__name__}")
-        engine = self.engine(passes=passes, window=window, eviction=eviction)
+        engine = self.engine(passes=passes, window=window, eviction=eviction, tolerance=tolerance)
         inputs = input_ids if input_ids is not None else inputs_embeds  # ids are embedded per chunk
         length = inputs.shape[1]
         if length == 0:
@@ -494,6 +503,7 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         passes: int | None = None,
         window: int | None = None,
         eviction: str | None = None,
+        tolerance: float | None = None,
         tokenizer: Any = None,
     ) -> SleepState:
         """Read a document with sleep and return what it leaves: a :class:`SleepState` (the
@@ -502,7 +512,8 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
 
         document: token ids ([T] or [B, T], B documents without padding) or text (tokenized with
             `tokenizer`, default the one saved beside the model).
-        passes / window / eviction: override the config (None = keep).
+        passes / window / eviction / tolerance: override the config (None = keep); with a
+            tolerance, ``state.cache.stats["passes_per_chunk"]`` says how many passes each chunk took.
         """
         if isinstance(document, str):
             if tokenizer is None:
@@ -522,7 +533,9 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
             raise ValueError(
                 f"token ids must be in [0, {vocab}) for this model, got {int(ids.min())}..{int(ids.max())}"
             )
-        settings = self.config.sleep_settings(passes=passes, window=window, eviction=eviction)
+        settings = self.config.sleep_settings(
+            passes=passes, window=window, eviction=eviction, tolerance=tolerance
+        )
         cache = SleepCache()
         with torch.no_grad():
             self(
@@ -532,8 +545,16 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
                 passes=settings.passes,
                 window=settings.window,
                 eviction=settings.eviction,
+                tolerance=settings.tolerance,
             )
-        return SleepState(cache, settings.passes, settings.window, settings.eviction, model_fingerprint(self))
+        return SleepState(
+            cache,
+            settings.passes,
+            settings.window,
+            settings.eviction,
+            model_fingerprint(self),
+            settings.tolerance,
+        )
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config: Any = None, **kwargs: Any):
         """transformers' generate(), with every row chunked as it would be alone, optionally
@@ -552,7 +573,7 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         With ``sleep_state``, each row continues its own copy of the state (a state of one
         document serves a whole batch of questions; the state itself is never changed), the
         returned sequences hold the question and its answer (not the document), and the state's
-        window and eviction apply (its passes too, unless ``passes=`` is given)."""
+        window and eviction apply (its passes and tolerance too, unless given)."""
         state = kwargs.pop("sleep_state", None)
         ids = inputs if inputs is not None else kwargs.get("input_ids")
         if state is not None:
@@ -594,6 +615,7 @@ class SleepRetrofitForCausalLM(StrictLoadingMixin, PreTrainedModel, GenerationMi
         kwargs.pop("input_ids", None)
         kwargs.update(window=state.window, eviction=state.eviction)
         kwargs.setdefault("passes", state.passes)
+        kwargs.setdefault("tolerance", state.tolerance)
         mask = kwargs.get("attention_mask")
         if mask is None:
             mask = torch.ones_like(ids)
@@ -792,6 +814,7 @@ def free_running_targets(
     input_ids: torch.Tensor,
     labels: torch.Tensor,
     choices: torch.Tensor | None = None,
+    consolidation: dict[str, int] | None = None,
     **forward_kwargs: Any,
 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Predict every target of a ``forward(..., labels=labels)`` batch from the model's OWN
@@ -805,6 +828,8 @@ def free_running_targets(
     input_ids, labels [B, T] as a SleepCollator batch gives them; every row has the same number
     n of targets. choices [n, c] (optional): the token ids target j may take (argmax over those
     only, e.g. string j's two bit tokens); None: the whole vocabulary.
+    consolidation: a dict whose "chunks" and "passes" counts are increased by the chunks the
+    first forward consolidated and the body passes it ran on them (adaptive sleep's cost).
     Returns (predicted token ids [B, n], the teacher-forced ``target_logits`` of the first
     forward, for losses)."""
     targets = labels[:, 1:] != -100  # column p predicts the label at p+1
@@ -826,6 +851,9 @@ def free_running_targets(
         rows = target_logits(output.logits, labels)
         if j == 0:
             first = rows
+            if consolidation is not None and output.cache is not None:
+                consolidation["chunks"] += len(output.cache.stats["passes_per_chunk"])
+                consolidation["passes"] += output.cache.stats["consolidation_passes"]
         logits = torch.stack([row_logits[j] for row_logits, _ in rows])  # [B, V]
         if choices is None:
             predicted[:, j] = logits.argmax(dim=-1)

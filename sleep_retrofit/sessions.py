@@ -63,8 +63,9 @@ class SleepState:
     """A document read with sleep: the cache it left and how it was read (see module docstring).
 
     cache: the SleepCache after the document (batch rows: one per document).
-    passes, window, eviction: the settings it was read with; window and eviction must stay the
-        same for whatever continues from it, passes is the default for the chunks to come.
+    passes, window, eviction, tolerance: the settings it was read with; window and eviction
+        must stay the same for whatever continues from it, passes and tolerance are the
+        defaults for the chunks to come.
     fingerprint: :func:`model_fingerprint` of the model that read it.
     """
 
@@ -73,6 +74,7 @@ class SleepState:
     window: int
     eviction: str
     fingerprint: str
+    tolerance: float = 0.0
 
     @property
     def tokens(self) -> int:
@@ -127,6 +129,7 @@ class SleepState:
             "passes": self.passes,
             "window": self.window,
             "eviction": self.eviction,
+            "tolerance": self.tolerance,
             "tokens": self.tokens,
             "layout": layout,
         }
@@ -156,7 +159,14 @@ class SleepState:
                 raise SleepStateError(f"{META_FILE} has format {meta.get('format')!r}, expected {FORMAT!r}")
             tensors = load_file(str(directory / STATE_FILE), device=str(device))
             cache = SleepCache.from_tensors(tensors, meta["layout"])
-            return cls(cache, int(meta["passes"]), int(meta["window"]), meta["eviction"], meta["fingerprint"])
+            return cls(
+                cache,
+                int(meta["passes"]),
+                int(meta["window"]),
+                meta["eviction"],
+                meta["fingerprint"],
+                float(meta.get("tolerance", 0.0)),
+            )
         except SleepStateError:
             raise
         except Exception as error:  # a truncated file, a hand-edited json: one line, not a trace

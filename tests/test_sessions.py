@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import randomise_fast_weights
 from transformers import AutoModelForCausalLM
 
 import sleep_retrofit  # noqa: F401  (registers the converted model type)
@@ -29,11 +30,7 @@ def model_dir(tmp_path_factory) -> Path:
         "tiny-llama", tmp_path_factory.mktemp("sessions") / "model", window=WINDOW, passes=PASSES
     )
     model = AutoModelForCausalLM.from_pretrained(directory)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.startswith("fast_weights.") and name.endswith("o_proj.weight"):
-                param.copy_(0.2 * torch.randn(param.shape, generator=generator))
+    randomise_fast_weights(model)
     model.save_pretrained(directory)
     return directory
 

@@ -103,6 +103,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument(
         "--eviction", default=None, choices=["hard", "sliding"], help="override the model's eviction mode"
     )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        metavar="T",
+        help="adaptive sleep: stop a chunk's passes once the state changes by less than T (N = the cap)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="draw of the fixed test split (default 0)")
     parser.add_argument(
         "--subset",
@@ -170,6 +177,7 @@ def spec_from_args(args: argparse.Namespace) -> EvalSpec:
         out=out,
         window=args.window,
         eviction=args.eviction,
+        tolerance=args.tolerance,
         seed=args.seed,
         subset=args.subset,
         data=args.data,

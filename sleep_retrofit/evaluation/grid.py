@@ -93,6 +93,7 @@ def _evaluate_synthetic(
     rows = group.examples()
     predictions: list[Any] = []
     losses: list[float] = []
+    consolidation = {"chunks": 0, "passes": 0}
     for batch_rows, batch in _collated_batches(model, rows, ids, pad, settings, spec.batch_size):
         predicted, teacher_forced = free_running_targets(
             model,
@@ -100,9 +101,11 @@ def _evaluate_synthetic(
             batch["labels"],
             reader.candidates,
             attention_mask=batch["attention_mask"],
+            consolidation=consolidation,
             passes=passes,
             window=settings.window,
             eviction=settings.eviction,
+            tolerance=settings.tolerance,
         )
         answers, batch_losses, _ = read_batch(reader, batch_rows, predicted, teacher_forced)
         predictions += answers
@@ -110,6 +113,8 @@ def _evaluate_synthetic(
         if bar is not None:
             bar.update(len(batch_rows))
     record = {**reader.score(predictions, rows), "loss": sum(losses) / len(losses), "num_examples": len(rows)}
+    if consolidation["chunks"]:
+        record["mean_passes"] = consolidation["passes"] / consolidation["chunks"]
     if spec.save_outputs:
         record["outputs"] = predictions
     return record
@@ -147,6 +152,7 @@ def _evaluate_gsm(
             passes=passes,
             window=settings.window,
             eviction=settings.eviction,
+            tolerance=settings.tolerance,
         )
         texts = tokenizer.batch_decode(generated[:, input_ids.shape[1] :], skip_special_tokens=True)
         # The prompt ends with the cue "Answer:"; the scorer looks for it in the output.

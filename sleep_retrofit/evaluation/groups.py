@@ -84,6 +84,7 @@ def prepare_grid(spec: EvalSpec) -> _Grid:
         settings = SleepSettings(
             window=spec.window if spec.window is not None else config.get("window", 2048),
             eviction=spec.eviction if spec.eviction is not None else config.get("eviction", "hard"),
+            tolerance=spec.tolerance if spec.tolerance is not None else config.get("tolerance", 0.0),
         )
     except ValueError as err:
         raise EvalInputError(str(err)) from None
@@ -106,6 +107,8 @@ def prepare_grid(spec: EvalSpec) -> _Grid:
         "seed": spec.seed,
         "dtype": spec.dtype,
     }
+    if settings.tolerance:  # adaptive sleep is another cell (absent otherwise: older results keep their keys)
+        common["tolerance"] = settings.tolerance
 
     source = _GroupSource(spec, common, tokenizer, model_dir, vocab_size)
     builders = {"rule110": _rule110_groups, "depo": _depo_groups, "gsm_infinite": _gsm_groups}

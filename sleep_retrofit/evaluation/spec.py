@@ -84,6 +84,8 @@ class EvalSpec:
         batch_size: examples per forward / generate call.
         out: output directory (results.json, results.md, accuracy.png).
         window, eviction: override the model's L and eviction mode (None = the model's).
+        tolerance: adaptive sleep (SleepSettings.tolerance; None = the model's, 0 = always N
+            passes); records then hold ``mean_passes``, the passes run per consolidated chunk.
         seed: which draw of the fixed test split (0 = the project default); never training data.
         subset: GSM-Infinite subset for generated data (default "medium"); for loaded data it
             sets the required fields (default: inferred).
@@ -111,6 +113,7 @@ class EvalSpec:
     out: str | os.PathLike = "eval_results"
     window: int | None = None
     eviction: str | None = None
+    tolerance: float | None = None
     seed: int = 0
     subset: str | None = None
     data: str | os.PathLike | None = None

@@ -75,7 +75,15 @@ class SleepCache(FastWeightStates, Cache):
         self.chunk_valid: torch.Tensor | None = None  # [B, fill]
         self.chunk_woken = True  # every token of the current chunk has had a wake pass
         self.seen_tokens = 0
-        self.stats = {"evictions": 0, "consolidations": 0, "consolidation_seconds": 0.0}
+        # consolidation_passes / passes_per_chunk: body passes run per consolidated chunk (N,
+        # or fewer with adaptive sleep).
+        self.stats = {
+            "evictions": 0,
+            "consolidations": 0,
+            "consolidation_seconds": 0.0,
+            "consolidation_passes": 0,
+            "passes_per_chunk": [],
+        }
 
     def __bool__(self) -> bool:
         # transformers' Cache is a sequence of cache layers and this one keeps none (keys and

@@ -27,6 +27,7 @@ from dataclasses import replace
 import torch
 import torch.utils.checkpoint
 
+from ..layers.state import FastWeightState
 from .blocks import PassContext
 from .cache import ConsolidationView, SleepCache
 from .masks import attention_bias
@@ -153,21 +154,32 @@ class SleepEngine:
                 positions = torch.arange(first, cache.seen_tokens, device=embeds.device)
                 view = ConsolidationView(cache.states)
                 ctx = self._context(embeds, positions, positions, valid, valid, view)
-                self._consolidate(embeds, ctx)
+                used = self._consolidate(embeds, ctx)
+            cache.stats["consolidation_passes"] += used
+            cache.stats["passes_per_chunk"].append(used)
         cache.commit_chunk(self.settings.eviction)
 
-    def _consolidate(self, embeds: torch.Tensor, ctx: PassContext) -> None:
+    def _consolidate(self, embeds: torch.Tensor, ctx: PassContext) -> int:
         """Sleep on a chunk (Algorithm 1): prefix once, body N times (pass k+1 reads pass k's
         output and the states pass k left), suffix once as far as its last stateful block. The
-        refined hidden states are discarded; only the states in ``ctx.cache`` are kept."""
+        refined hidden states are discarded; only the states in ``ctx.cache`` are kept.
+        With a tolerance (adaptive sleep) the body stops early once the states have converged.
+        Returns the body passes run."""
         stack = self.stack
+        tolerance = self.settings.tolerance
         hidden = stack.run(stack.prefix, embeds, ctx)
+        used = 0
         for _ in range(self.settings.passes):
+            before = dict(ctx.cache.states)
             if self.checkpoint_passes and torch.is_grad_enabled():
                 hidden = self._checkpointed_body_pass(hidden, ctx)
             else:
                 hidden = stack.body_pass(hidden, ctx)
+            used += 1
+            if tolerance and used >= 2 and state_change(before, ctx.cache.states) < tolerance:
+                break
         stack.run(stack.stateful_suffix, hidden, ctx)
+        return used
 
     def _checkpointed_body_pass(self, hidden: torch.Tensor, ctx: PassContext) -> torch.Tensor:
         """A body pass whose activations are recomputed in backward instead of kept (memory per
@@ -186,3 +198,17 @@ class SleepEngine:
         )
         ctx.cache.states.update(states)
         return hidden
+
+
+def state_change(before: dict[str, FastWeightState], after: dict[str, FastWeightState]) -> float:
+    """How much a pass moved the fast-weight states: per batch row, |after - before| / |after|
+    over every recurrent state together (Frobenius norms); the largest row's value."""
+    moved = held = 0.0
+    for key, state in after.items():
+        new = state.recurrent.detach().float().flatten(1)
+        old = before[key].recurrent.detach().float().flatten(1) if key in before else torch.zeros_like(new)
+        moved = moved + (new - old).pow(2).sum(dim=1)
+        held = held + new.pow(2).sum(dim=1)
+    if isinstance(moved, float):  # no stateful block: nothing to converge
+        return 0.0
+    return float((moved.sqrt() / held.sqrt().clamp_min(1e-12)).max())

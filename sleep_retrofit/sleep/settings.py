@@ -19,18 +19,29 @@ class SleepSettings:
     eviction: "hard" clears the KV cache every L tokens; "sliding" keeps the last L-1 tokens.
     loop_span: (start, end) base decoder-layer indices of the loop body, end exclusive; None
         takes the family's default (design.md).
+    tolerance: adaptive sleep. 0 (the default) runs all N passes on every chunk; t > 0 stops
+        consolidating a chunk after the first pass k >= 2 whose relative change of the
+        fast-weight state, |S_k - S_(k-1)| / |S_k| (every row of the batch), is below t; N stays
+        the cap (docs/sessions.md).
     """
 
     passes: int = 1
     window: int = 2048
     eviction: str = "hard"
     loop_span: tuple[int, int] | None = None
+    tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         if not is_int(self.passes) or self.passes < 1:
             raise ValueError(f"passes (N) must be an integer >= 1, got {self.passes!r}")
         if not is_int(self.window) or self.window < 1:
             raise ValueError(f"window (L) must be an integer >= 1, got {self.window!r}")
+        if (
+            isinstance(self.tolerance, bool)
+            or not isinstance(self.tolerance, (int, float))
+            or not (0 <= self.tolerance < float("inf"))
+        ):
+            raise ValueError(f"tolerance must be a number >= 0 (0 = always N passes), got {self.tolerance!r}")
         if self.eviction not in EVICTION_MODES:
             raise ValueError(f"eviction must be one of {', '.join(EVICTION_MODES)}; got {self.eviction!r}")
         if self.loop_span is not None:
