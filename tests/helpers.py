@@ -64,3 +64,16 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
         return 0.0
     scale = expected.detach().abs().max().clamp_min(1e-30)
     return ((actual.detach() - expected.detach()).abs().max() / scale).item()
+
+
+def converted_with_active_blocks(directory, window: int, passes: int):
+    """`sleep-retrofit convert` of the tiny-llama preset into `directory`, saved again with its
+    inserted blocks no longer the identity (randomise_fast_weights), so that the fast-weight
+    state, and with it N, changes the outputs. Returns the directory."""
+    from sleep_retrofit.convert import convert
+
+    directory = convert("tiny-llama", directory, window=window, passes=passes)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    randomise_fast_weights(model)
+    model.save_pretrained(directory)
+    return directory

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import randomise_fast_weights
+from helpers import converted_with_active_blocks
 from transformers import AutoModelForCausalLM
 
 import sleep_retrofit  # noqa: F401  (registers the converted model type)
@@ -24,15 +24,7 @@ GREEDY = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False}
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    """A converted tiny Llama whose inserted blocks are no longer the identity (a fresh conversion
-    zero-initialises their output projections), so the fast-weight state changes the answers."""
-    directory = convert(
-        "tiny-llama", tmp_path_factory.mktemp("sessions") / "model", window=WINDOW, passes=PASSES
-    )
-    model = AutoModelForCausalLM.from_pretrained(directory)
-    randomise_fast_weights(model)
-    model.save_pretrained(directory)
-    return directory
+    return converted_with_active_blocks(tmp_path_factory.mktemp("sessions") / "model", WINDOW, PASSES)
 
 
 @pytest.fixture
