@@ -186,6 +186,9 @@ def pretrain_base(config: dict[str, Any], seed: int, out: Path, progress: bool =
             if step % 25 == 0 or step == steps:
                 log.append({"step": step, "loss": loss.item()})
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+            if not progress and step % max(1, steps // 10) == 0:
+                # parallel workers show no bars: a line per tenth says the run is alive
+                print(f"pretrain base (seed {seed}): step {step}/{steps}, loss {loss.item():.3f}", flush=True)
             if step == steps:
                 break
     bar.close()
@@ -301,6 +304,7 @@ def run_job(job: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     if job.get("after"):  # jobs run longest first, so the stage 1 this waits for started earlier
         while not Path(job["after"]).is_file():
             time.sleep(5)
+    print(f"{job['name']}: started ({job['label']}; training logs in {directory}/train)", flush=True)
     began = time.perf_counter()
     trainable = None
     if job["train"] is not None:
@@ -338,6 +342,8 @@ def run_job(job: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
         "records": grid.records,
     }
     summary_path.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    minutes = (summary["train_seconds"] + summary["eval_seconds"]) / 60
+    print(f"{job['name']}: done in {minutes:.1f} min", flush=True)
     return summary
 
 
