@@ -89,6 +89,21 @@ def test_a_preset_base_round_trips(tmp_path):
     assert torch.equal(a, b)
 
 
+def _adapter_run(tmp_path: Path, base: Path, stages: list[str], stage1_steps: int) -> dict:
+    """A trainer config of a few steps on tiny Rule 110 that publishes an adapter of `base`."""
+    return {
+        "output_dir": str(tmp_path / "run"),
+        "stages": stages,
+        "save_adapter": True,
+        "batch_size": 4,
+        "progress": False,
+        "model": {"source": str(base), "window": 8, "passes": 2},
+        "data": {"task": "rule110", "train_examples": 16, "eval_examples": 4,
+                 "options": {"width": 6, "num_strings": 2, "steps": 1}},
+        "stage1": {"max_steps": stage1_steps, "optimizer": "adamw", "adamw_lr": 1e-2},
+    }  # fmt: skip
+
+
 def test_the_trainer_publishes_an_adapter_of_what_it_trained(bf16_base, tmp_path):
     """save_adapter: true writes {output_dir}/adapter beside the full model; it refers to the
     bf16 base as stored (trained in float32, the base untouched) and loads to the same model."""
@@ -96,17 +111,7 @@ def test_the_trainer_publishes_an_adapter_of_what_it_trained(bf16_base, tmp_path
     from sleep_retrofit.train import ConfigError, train
     from sleep_retrofit.train.config import config_from_dict
 
-    values = {
-        "output_dir": str(tmp_path / "run"),
-        "stages": ["stage1"],
-        "save_adapter": True,
-        "batch_size": 4,
-        "progress": False,
-        "model": {"source": str(bf16_base), "window": 8, "passes": 2},
-        "data": {"task": "rule110", "train_examples": 16, "eval_examples": 4,
-                 "options": {"width": 6, "num_strings": 2, "steps": 1}},
-        "stage1": {"max_steps": 3, "optimizer": "adamw", "adamw_lr": 1e-2},
-    }  # fmt: skip
+    values = _adapter_run(tmp_path, bf16_base, ["stage1"], stage1_steps=3)
     assert task_tokenizer("rule110", width=6, num_strings=2).vocab_size <= 100
     train(config_from_dict(values))
     adapter, full = tmp_path / "run" / "adapter", tmp_path / "run" / "model"
@@ -132,19 +137,9 @@ def test_the_trainer_publishes_lora_adapters_with_the_blocks(bf16_base, tmp_path
     from sleep_retrofit.train import train
     from sleep_retrofit.train.config import config_from_dict
 
-    values = {
-        "output_dir": str(tmp_path / "run"),
-        "stages": ["stage1", "stage2"],
-        "save_adapter": True,
-        "batch_size": 4,
-        "progress": False,
-        "model": {"source": str(bf16_base), "window": 8, "passes": 2},
-        "data": {"task": "rule110", "train_examples": 16, "eval_examples": 4,
-                 "options": {"width": 6, "num_strings": 2, "steps": 1}},
-        "stage1": {"max_steps": 2, "optimizer": "adamw", "adamw_lr": 1e-2},
-        "stage2": {"max_steps": 3, "finetune": "lora", "optimizer": "adamw", "adamw_lr": 1e-2,
-                   "lora": {"r": 2, "target_modules": ["q_proj", "v_proj"]}},
-    }  # fmt: skip
+    values = _adapter_run(tmp_path, bf16_base, ["stage1", "stage2"], stage1_steps=2)
+    values["stage2"] = {"max_steps": 3, "finetune": "lora", "optimizer": "adamw", "adamw_lr": 1e-2,
+                        "lora": {"r": 2, "target_modules": ["q_proj", "v_proj"]}}  # fmt: skip
     train(config_from_dict(values))
     adapter, full = tmp_path / "run" / "adapter", tmp_path / "run" / "model"
     lora = safetensors.torch.load_file(str(adapter / "lora" / "adapter_model.safetensors"))
