@@ -186,8 +186,8 @@ def pretrain_base(config: dict[str, Any], seed: int, out: Path, progress: bool =
             if step % 25 == 0 or step == steps:
                 log.append({"step": step, "loss": loss.item()})
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-            if not progress and step % max(1, steps // 10) == 0:
-                # parallel workers show no bars: a line per tenth says the run is alive
+            if bar.disable and step % max(1, steps // 10) == 0:
+                # no bar (a parallel worker, or output that is not a terminal): a line per tenth
                 print(f"pretrain base (seed {seed}): step {step}/{steps}, loss {loss.item():.3f}", flush=True)
             if step == steps:
                 break
