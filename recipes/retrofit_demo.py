@@ -50,6 +50,7 @@ BASE_FULL = "base (full attention)"
 BASE_WINDOW = "base (window L)"
 ARMS = ("two_stage", "stage2_only", "lora")
 SUMMARY = "summary.json"
+REPORT_FILES = "results.json, per_seed.json, results.md, accuracy.png"
 REQUIRED_KEYS = ("output_dir", "seeds", "jobs", "task", "base", "convert", "passes", "arms", "train", "eval")
 
 
@@ -418,6 +419,35 @@ def aggregate(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _loss_curve(rows: list[dict[str, Any]]) -> list[list[float]]:
+    return [[row["step"], round(row["loss"], 4)] for row in rows]
+
+
+def per_seed(config: dict[str, Any], summaries: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """What the means in results.json hide: per job its records per t (per-string accuracy
+    included), training minutes and the loss curve of every stage it trained; per seed the base's
+    pretraining loss curve."""
+    detail: dict[str, Any] = {}
+    for summary in summaries:
+        job = summary["job"]
+        entry = {
+            "records": [
+                {k: record[k] for k in ("difficulty", "exact_match", "per_label_accuracy", "loss")}
+                for record in summary["records"]
+            ],
+            "train_minutes": round(summary["train_seconds"] / 60, 2),
+        }
+        for log in sorted((Path(job["directory"]) / "train").glob("stage*/log.jsonl")):
+            events = [json.loads(line) for line in log.read_text().splitlines()]
+            entry[f"{log.parent.name}_loss"] = _loss_curve([e for e in events if e.get("event") == "train"])
+        detail[job["name"]] = entry
+    for seed in config["seeds"]:
+        log = out / f"seed{seed}" / "base" / "pretrain_log.json"
+        if log.is_file():
+            detail[f"seed{seed}/base_pretrain_loss"] = _loss_curve(json.loads(log.read_text()))
+    return detail
+
+
 def write_report(
     config: dict[str, Any],
     summaries: list[dict[str, Any]],
@@ -425,7 +455,7 @@ def write_report(
     wall: float | None,
     prepared: list[float | None],
 ) -> None:
-    """results.json, results.md and accuracy.png of the finished jobs. `wall`: the run's wall
+    """results.json, per_seed.json, results.md and accuracy.png of the finished jobs. `wall`: the run's wall
     seconds (None for --report-only); `prepared`: per seed, the seconds its base took to pretrain
     and convert in this run (about 0 when it existed; None when unknown)."""
     rows = aggregate(summaries)
@@ -450,6 +480,7 @@ def write_report(
         ],
     }
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (out / "per_seed.json").write_text(json.dumps(per_seed(config, summaries, out), indent=1) + "\n")
     axis = {"rule110": "t", "depo": "k"}[config["task"]["name"]]
     metric = rows[0]["metric"].replace("_", " ") if rows else "exact match"
     lines = [
@@ -532,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no finished job under {out}", file=sys.stderr)
             return 2
         write_report(config, summaries, out, None, [None] * len(config["seeds"]))
-        print(f"wrote {out}/results.json, results.md, accuracy.png from {len(summaries)} of {len(jobs)} jobs")
+        print(f"wrote {REPORT_FILES} in {out} from {len(summaries)} of {len(jobs)} jobs")
         return 0
     began = time.perf_counter()
     prepared, summaries = run_all(config, jobs, out)
@@ -540,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     ordered = [by_name[job["name"]] for job in jobs]
     write_report(config, ordered, out, time.perf_counter() - began, prepared)
     minutes = (time.perf_counter() - began) / 60
-    print(f"wrote {out}/results.json, results.md, accuracy.png in {minutes:.1f} min")
+    print(f"wrote {REPORT_FILES} in {out} in {minutes:.1f} min")
     return 0
 
 

@@ -95,6 +95,15 @@ def test_the_chain_connects(demo, tmp_path):
     assert "stage1" not in lora  # LoRA's stage 2 starts from the two-stage arm's stage-1 model
     assert "| two-stage LoRA N=2 |" in (tmp_path / "results.md").read_text()
 
+    # per_seed.json keeps what the means hide: per-string accuracy per t and every loss curve.
+    detail = json.loads((tmp_path / "per_seed.json").read_text())
+    assert set(detail) == set(counts) | {"seed0/base_pretrain_loss"}
+    assert [r["difficulty"] for r in detail["seed0/two_stage_N2"]["records"]] == [0, 1]
+    assert all(len(r["per_label_accuracy"]) == 3 for job in counts for r in detail[job]["records"])
+    assert {"stage1_loss", "stage2_loss"} <= set(detail["seed0/two_stage_N2"])
+    assert "stage1_loss" not in detail["seed0/lora_N2"] and detail["seed0/lora_N2"]["stage2_loss"]
+    assert detail["seed0/base_pretrain_loss"][-1][0] == 4  # base.steps in TINY
+
     # --report-only rewrites the report from the finished jobs without running anything.
     (tmp_path / "results.md").unlink()
     assert demo.main(["--config", str(CONFIG), f"output_dir={tmp_path}", *TINY, "--report-only"]) == 0
