@@ -3,7 +3,9 @@
 1. The gated delta rule on one sleep chunk (T = L = 16 tokens, forward + backward): the chunked
    kernel with the chunk at the sequence's own length (what it does now) against the same
    sequence padded to the default chunk of 64 (what it did before: ~4x the intra-chunk work).
-2. One optimiser step (forward + backward + AdamW) of the toy hybrid at the CPU profile's sizes
+2. The GDN block's short causal conv on one sleep chunk (forward + backward): the toolkit's
+   shifted multiply-adds (what it does now) against a depthwise F.conv1d (what it did before).
+3. One optimiser step (forward + backward + AdamW) of the toy hybrid at the CPU profile's sizes
    (d = 64, batch 128, four 16-bit strings, T = 69, hard eviction) for N = 1, 2, 3, and of the
    compute-matched wide N = 1 model (54 GDN heads). Per-step time against N = 1 measured in the
    same run: it is what a job's wall time is made of.
@@ -18,10 +20,12 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 from bench_common import REPO, machine_info, progress, update_benchmarks_md
 from reproduce_rule110 import PROFILES, build_wide_toy, flop_matched_gdn_heads
 
 import sleep_retrofit.kernels.gated_delta_rule as gdr
+from sleep_retrofit.kernels import causal_conv1d
 from sleep_retrofit.tasks import task_tokenizer
 
 
@@ -57,6 +61,31 @@ def kernel_rows(repeats: int) -> list[str]:
         "|---|---:|---:|",
         f"| own length ({T}) | {own * 1e3:.1f} ms | 1.00x |",
         f"| padded to 64 (before) | {padded * 1e3:.1f} ms | {padded / own:.2f}x |",
+    ]
+
+
+def conv_rows(repeats: int) -> list[str]:
+    B, T, D, W = 128, 17, 128, 4
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(B, T, D, generator=generator, requires_grad=True)
+    weight = torch.randn(D, W, generator=generator, requires_grad=True)
+
+    def shifted():
+        y, _ = causal_conv1d(x, weight, activation="silu")
+        y.square().sum().backward()
+
+    def depthwise():  # the previous torch path: channels first, left-padded, grouped conv
+        padded = F.pad(x.transpose(1, 2), (W - 1, 0))
+        y = F.silu(F.conv1d(padded, weight.unsqueeze(1), groups=D)).transpose(1, 2)
+        y.square().sum().backward()
+
+    now = median_seconds(shifted, repeats)
+    before = median_seconds(depthwise, repeats)
+    return [
+        "| torch path | forward + backward | vs now |",
+        "|---|---:|---:|",
+        f"| shifted multiply-adds (now) | {now * 1e3:.2f} ms | 1.00x |",
+        f"| depthwise F.conv1d (before) | {before * 1e3:.2f} ms | {before / now:.2f}x |",
     ]
 
 
@@ -100,6 +129,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     info = machine_info(args.threads)
     kernel = kernel_rows(args.repeats * 4)
+    conv = conv_rows(args.repeats * 4)
     steps = step_rows(args.repeats)
     body = "\n".join(
         [
@@ -108,6 +138,10 @@ def main() -> None:
             "### Gated delta rule on one sleep chunk (B=128, T=16, H=4, K=V=16, fp32, median)",
             "",
             *kernel,
+            "",
+            "### Short causal conv on one sleep chunk (B=128, T=17, D=128, W=4, SiLU, fp32, median)",
+            "",
+            *conv,
             "",
             "### One training step of the toy hybrid (CPU profile sizes, AdamW, median)",
             "",

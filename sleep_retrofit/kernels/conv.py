@@ -164,18 +164,24 @@ def causal_conv1d(
         return out
 
     compute_dtype = _compute_dtype(x, weight, bias, initial_state)
-    padded = _padded_channels_first(x, initial_state, width, compute_dtype)  # [B, D, W-1+T]
-    if seq_len == 0:  # Conv1d refuses an input shorter than its kernel
-        y = x.new_zeros(batch, 0, dim)
+    if initial_state is None:
+        history = x.new_zeros(batch, width - 1, dim, dtype=compute_dtype)
     else:
-        y = F.conv1d(
-            padded,
-            weight.to(compute_dtype).unsqueeze(1),
-            None if bias is None else bias.to(compute_dtype),
-            groups=dim,
-        )  # [B, D, T]
-        y = _activate(y, activation).transpose(1, 2).to(x.dtype)
-    final_state = _last_inputs(padded, width).to(x.dtype) if output_final_state else None
+        history = initial_state.transpose(1, 2).to(compute_dtype)
+    padded = torch.cat([history, x.to(compute_dtype)], dim=1)  # [B, W-1+T, D], channels last
+    # W shifted multiply-adds rather than a depthwise F.conv1d: no transposes to channels
+    # first, and on CPU the depthwise convolution's backward is several times slower than these
+    # elementwise ops at the sizes a sleep chunk has (benchmarks/bench_train_step.py).
+    taps = weight.to(compute_dtype).t()  # [W, D]
+    y = padded[:, :seq_len] * taps[0]
+    for i in range(1, width):
+        y = torch.addcmul(y, padded[:, i : i + seq_len], taps[i])
+    if bias is not None:
+        y = y + bias.to(compute_dtype)
+    y = _activate(y, activation).to(x.dtype)
+    final_state = None
+    if output_final_state:  # the last W-1 inputs, as [B, D, W-1]; a copy (see _last_inputs)
+        final_state = padded[:, padded.shape[1] - (width - 1) :].transpose(1, 2).to(x.dtype).clone()
     return y, final_state
 
 
